@@ -1,0 +1,207 @@
+"""An applied (or appliable) edit: per-matrix low-rank changes plus their provenance.
+
+Lifecycle: ``detached`` -> ``apply()`` -> ``applied`` (forward hooks; exactly
+reversible) -> ``merge()`` -> ``merged`` (added into the weights; reversible to float
+tolerance) and back with ``unmerge()`` / ``remove()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mend.deltas import DeltaHooks, LowRankDelta, add_to_weights
+from mend.models.editable import EditableModel
+from mend.models.targets import Layout
+
+EDIT_FORMAT = "mend-edit/1"
+State = Literal["detached", "applied", "merged"]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One (prompt, target) pair an edit was made from."""
+
+    prompt: str
+    target: str
+    request_id: str = ""
+
+
+class Edit:
+    """Low-rank changes to some of a model's matrices, made from one batch of requests.
+
+    Rows of every change remember which request produced them, so an edit of k requests
+    is exactly the concatenation of k single-request edits computed on the same model,
+    and any subset can be taken out (:meth:`select`).
+    """
+
+    def __init__(
+        self,
+        deltas: dict[str, LowRankDelta],
+        layouts: dict[str, Layout],
+        requests: Sequence[EditRequest],
+        base_model: dict,
+        model: EditableModel | None = None,
+    ):
+        self.deltas = deltas
+        self.layouts = layouts
+        self.requests = list(requests)
+        self.base_model = base_model
+        self.model = model
+        self.state: State = "detached"
+        self._key = uuid.uuid4().hex
+
+    def __repr__(self) -> str:
+        ranks = {n: d.rank for n, d in self.deltas.items()}
+        return f"Edit({len(self.requests)} requests, {self.state}, ranks={ranks})"
+
+    # -- applying ---------------------------------------------------------------------
+    def _target(self, model: EditableModel | None) -> EditableModel:
+        model = model or self.model
+        if model is None:
+            raise ValueError("this edit is not bound to a model: pass one to apply()")
+        missing = sorted(set(self.deltas) - {t.module_name for t in model.targets})
+        if missing:
+            raise ValueError(f"the model has no edited modules named {missing}")
+        return model
+
+    def apply(self, model: EditableModel | None = None) -> Edit:
+        """Hook the change into the model's forward pass (weights untouched)."""
+        if self.state != "detached":
+            raise RuntimeError(f"edit is already {self.state}")
+        self.model = self._target(model)
+        DeltaHooks.of(self.model.model).add(self._key, self.deltas)
+        self.state = "applied"
+        return self
+
+    def remove(self) -> Edit:
+        """Take the change out again; the model computes exactly what it did before."""
+        if self.state == "merged":
+            self.unmerge()
+        if self.state == "applied":
+            DeltaHooks.of(self.model.model).remove(self._key)
+        self.state = "detached"
+        return self
+
+    def merge(self, model: EditableModel | None = None) -> Edit:
+        """Add the dense change into the weights (for export or for serving without hooks)."""
+        if self.state == "applied":
+            DeltaHooks.of(self.model.model).remove(self._key)
+        elif self.state == "merged":
+            return self
+        else:
+            self.model = self._target(model)
+        add_to_weights(self.model.model, self.deltas, self.layouts, +1.0)
+        self.state = "merged"
+        return self
+
+    def unmerge(self) -> Edit:
+        """Subtract a merged change from the weights again."""
+        if self.state != "merged":
+            raise RuntimeError(f"edit is {self.state}, not merged")
+        add_to_weights(self.model.model, self.deltas, self.layouts, -1.0)
+        self.state = "detached"
+        return self
+
+    @contextlib.contextmanager
+    def applied(self, model: EditableModel | None = None) -> Iterator[Edit]:
+        """``with edit.applied(): ...`` applies for the block and removes afterwards."""
+        self.apply(model)
+        try:
+            yield self
+        finally:
+            self.remove()
+
+    # -- composing --------------------------------------------------------------------
+    @staticmethod
+    def concat(edits: Iterable[Edit]) -> Edit:
+        """One edit equal to the sum of several (the same as applying them together)."""
+        edits = list(edits)
+        if not edits:
+            raise ValueError("nothing to concatenate")
+        base = edits[0].base_model
+        if any(e.base_model.get("fingerprint") != base.get("fingerprint") for e in edits):
+            raise ValueError("edits were made for different base models")
+        per_module: dict[str, list[LowRankDelta]] = {}
+        offset = 0
+        for e in edits:
+            for name, delta in e.deltas.items():
+                shifted = LowRankDelta(delta.u, delta.v, delta.example + offset)
+                per_module.setdefault(name, []).append(shifted)
+            offset += len(e.requests)
+        layouts = {k: v for e in edits for k, v in e.layouts.items()}
+        requests = [r for e in edits for r in e.requests]
+        deltas = {name: LowRankDelta.cat(parts) for name, parts in per_module.items()}
+        return Edit(deltas, layouts, requests, base, edits[0].model)
+
+    def select(self, request_indices: Sequence[int]) -> Edit:
+        """The part of this edit made from the given requests (renumbered from 0)."""
+        index = torch.as_tensor(list(request_indices), dtype=torch.long)
+        remap = torch.full((len(self.requests),), -1, dtype=torch.long)
+        remap[index] = torch.arange(len(index))
+        deltas = {}
+        for name, delta in self.deltas.items():
+            kept = delta.select(remap[delta.example] >= 0)
+            deltas[name] = LowRankDelta(kept.u, kept.v, remap[kept.example])
+        requests = [self.requests[i] for i in index.tolist()]
+        return Edit(deltas, self.layouts, requests, self.base_model, self.model)
+
+    def dense(self) -> dict[str, torch.Tensor]:
+        """Dense weight changes per module, in each module's weight layout."""
+        return {n: d.detach().dense(self.layouts[n]) for n, d in self.deltas.items()}
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``edit.safetensors`` (factors) and ``edit.json`` (provenance)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name, delta in self.deltas.items():
+            d = delta.detach()
+            tensors[f"{name}.u"] = d.u.contiguous().cpu()
+            tensors[f"{name}.v"] = d.v.contiguous().cpu()
+            tensors[f"{name}.example"] = d.example.contiguous().cpu()
+        save_file(tensors, directory / "edit.safetensors")
+        meta = {
+            "format": EDIT_FORMAT,
+            "base_model": self.base_model,
+            "layouts": self.layouts,
+            "modules": list(self.deltas),
+            "requests": [asdict(r) for r in self.requests],
+        }
+        (directory / "edit.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, model: EditableModel | None = None) -> Edit:
+        """Read an edit written by :meth:`save`; ``model`` binds it for ``apply()``."""
+        directory = Path(directory)
+        meta = json.loads((directory / "edit.json").read_text())
+        if meta.get("format") != EDIT_FORMAT:
+            raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={meta.get('format')})")
+        tensors = load_file(directory / "edit.safetensors")
+        deltas = {
+            name: LowRankDelta(tensors[f"{name}.u"], tensors[f"{name}.v"], tensors[f"{name}.example"])
+            for name in meta["modules"]
+        }
+        requests = [EditRequest(**r) for r in meta["requests"]]
+        edit = cls(deltas, meta["layouts"], requests, meta["base_model"], None)
+        if model is not None:
+            edit.model = edit._target(model)
+        return edit
+
+    def to_peft(self, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        """Export as a PEFT LoRA adapter any multi-LoRA server can load."""
+        from mend.export.peft import save_as_lora
+
+        name = base_model_name_or_path or self.base_model.get("name")
+        kind = self.base_model.get("kind", "causal")
+        return save_as_lora(self.deltas, self.layouts, Path(directory), name, kind)

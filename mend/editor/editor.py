@@ -1,0 +1,234 @@
+"""The MEND editor: turns one batch's gradient factors into low-rank weight changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mend.capture import Factors, capture_factors
+from mend.deltas import LowRankDelta
+from mend.edit import Edit, EditRequest
+from mend.editor.config import EditorConfig
+from mend.editor.network import FactorEditor
+from mend.models.editable import EditableModel
+from mend.models.targets import EditTarget
+
+EDITOR_FORMAT = "mend-editor/1"
+
+
+class IncompatibleModelError(ValueError):
+    """The editor was built for a different model than the one it is used on."""
+
+
+class Editor(nn.Module):
+    """Editor networks for a set of target matrices, plus one learned edit lr each.
+
+    Update rule (sign chosen deliberately): ``W~ = W - lr * sum_i delta~_i u~_i^T``,
+    the paper's gradient-descent sign (MEND §3.1, Alg. 2). With ``lr > 0`` an untrained,
+    identity-initialised editor therefore takes a (normalised) fine-tuning step that
+    lowers the edit loss. The original code and EasyEdit add ``+lr * ...`` with a
+    positive initial lr, so their untrained editor ascends the loss until training flips
+    the lrs' signs.
+    """
+
+    def __init__(
+        self,
+        config: EditorConfig,
+        targets: Sequence[EditTarget],
+        base_model: dict | None = None,
+    ):
+        super().__init__()
+        if not targets:
+            raise ValueError("an editor needs at least one target matrix")
+        self.config = config
+        self.targets = list(targets)
+        self.base_model = dict(base_model or {})
+        # Group targets: one network per shape (or per matrix), mode = index in group.
+        groups: dict[str, list[EditTarget]] = {}
+        for target in self.targets:
+            key = target.shape_key if config.share_by_shape else target.module_name.replace(".", "/")
+            groups.setdefault(key, []).append(target)
+        self._group_of = {t.module_name: k for k, ts in groups.items() for t in ts}
+        self._mode_of = {t.module_name: i for ts in groups.values() for i, t in enumerate(ts)}
+        self.nets = nn.ModuleDict(
+            {
+                key: FactorEditor(
+                    ts[0].d_in,
+                    ts[0].d_out,
+                    n_modes=len(ts),
+                    rank=config.rank,
+                    n_blocks=config.n_blocks,
+                    down_init=config.down_init,
+                    norm_eps=config.norm_eps,
+                )
+                for key, ts in groups.items()
+            }
+        )
+        self.edit_lrs = nn.Parameter(torch.full((len(self.targets),), config.edit_lr_init))
+        self._lr_index = {t.module_name: i for i, t in enumerate(self.targets)}
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def for_model(cls, model: EditableModel, config: EditorConfig | None = None) -> Editor:
+        """An untrained (identity) editor for ``model``'s target matrices."""
+        config = config or EditorConfig()
+        if config.patterns is not None:
+            model = EditableModel.wrap(
+                model.model, model.tokenizer, name=model.name, kind=model.kind, patterns=config.patterns
+            )
+        return cls(config, model.targets, base_model_info(model))
+
+    def editor_parameters(self) -> list[nn.Parameter]:
+        """Network weights (trained at the editor lr)."""
+        return [p for n, p in self.named_parameters() if n != "edit_lrs"]
+
+    # -- the transform ----------------------------------------------------------------
+    def deltas_from(
+        self, factors: dict[str, Factors], update_stats: bool = False
+    ) -> dict[str, LowRankDelta]:
+        """Transform captured factors into per-matrix low-rank changes (differentiable).
+
+        Rows of all matrices that share a network go through it in one batch.
+        """
+        by_group: dict[str, list[str]] = {}
+        for name in factors:
+            by_group.setdefault(self._group_of[name], []).append(name)
+        deltas: dict[str, LowRankDelta] = {}
+        for key, names in by_group.items():
+            net = self.nets[key]
+            parts = [factors[n] for n in names]
+            u = torch.cat([p.u for p in parts])
+            delta = torch.cat([p.delta for p in parts])
+            mode = torch.cat(
+                [torch.full((p.rows,), self._mode_of[n], dtype=torch.long) for n, p in zip(names, parts, strict=True)]
+            ).to(u.device)
+            u_t, delta_t = net(u, delta, mode, update_stats=update_stats)
+            start = 0
+            for name, part in zip(names, parts, strict=True):
+                stop = start + part.rows
+                lr = self.edit_lrs[self._lr_index[name]]
+                deltas[name] = LowRankDelta(u_t[start:stop], -lr * delta_t[start:stop], part.example)
+                start = stop
+        return deltas
+
+    def _capture(self, model: EditableModel, prompts, targets):
+        batch = model.task.batch(list(prompts), list(targets)).to(model.device)
+        return capture_factors(model.model, model.task, self.targets, batch, self.config.token_mode)
+
+    def edit(
+        self,
+        model: EditableModel,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        request_ids: Sequence[str] | None = None,
+        *,
+        strict: bool = True,
+    ) -> Edit:
+        """Compute the edit that makes ``targets`` the model's outputs for ``prompts``.
+
+        All pairs are edited simultaneously (one batch). The returned edit is not yet
+        applied: call ``edit.apply()``.
+        """
+        self.check_model(model, strict=strict)
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        ids = list(request_ids) if request_ids is not None else [""] * len(prompts)
+        capture = self._capture(model, prompts, targets)
+        with torch.no_grad():
+            deltas = self.deltas_from(capture.factors, update_stats=False)
+        deltas = {n: d.detach() for n, d in deltas.items()}
+        requests = [EditRequest(p, t, i) for p, t, i in zip(prompts, targets, ids, strict=True)]
+        info = base_model_info(model) if not self.base_model else self.base_model
+        return Edit(deltas, model.layouts, requests, info, model)
+
+    @torch.no_grad()
+    def fit_normalization(
+        self, model: EditableModel, prompts: Sequence[str], targets: Sequence[str]
+    ) -> None:
+        """Fold the factors of some edit examples into the normalisation statistics."""
+        capture = self._capture(model, prompts, targets)
+        for key, net in self.nets.items():
+            names = [n for n in capture.factors if self._group_of[n] == key]
+            if names:
+                net.norm.update(
+                    torch.cat(
+                        [torch.cat([capture.factors[n].u, capture.factors[n].delta], -1) for n in names]
+                    ).float()
+                )
+
+    # -- compatibility ----------------------------------------------------------------
+    def check_model(self, model: EditableModel, strict: bool = True) -> None:
+        """Refuse a model whose matrices differ from the ones this editor was built for."""
+        have = {t.module_name: (t.d_in, t.d_out) for t in model.targets}
+        problems = []
+        for t in self.targets:
+            if t.module_name not in have:
+                problems.append(f"missing matrix {t.module_name}")
+            elif have[t.module_name] != (t.d_in, t.d_out):
+                problems.append(
+                    f"{t.module_name} is {have[t.module_name]} (in, out), editor expects {(t.d_in, t.d_out)}"
+                )
+        if problems:
+            raise IncompatibleModelError(
+                f"editor built for {self.base_model.get('name', '?')!r} does not fit model "
+                f"{model.name!r}: " + "; ".join(problems)
+            )
+        expected = self.base_model.get("fingerprint")
+        if strict and expected and expected != model.fingerprint():
+            raise IncompatibleModelError(
+                f"editor was trained on base model {self.base_model.get('name')!r} (fingerprint "
+                f"{expected}); this model {model.name!r} has fingerprint {model.fingerprint()}. "
+                "Its weights differ. Pass strict=False to use the editor anyway."
+            )
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``editor.safetensors`` (weights + normalisation stats) and ``editor.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, directory / "editor.safetensors")
+        meta = {
+            "format": EDITOR_FORMAT,
+            "config": self.config.model_dump(),
+            "base_model": self.base_model,
+            "targets": [
+                {"module_name": t.module_name, "d_in": t.d_in, "d_out": t.d_out, "layout": t.layout}
+                for t in self.targets
+            ],
+            "extra": extra or {},
+        }
+        (directory / "editor.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Editor:
+        """Load an editor written by :meth:`save` (no pickle involved)."""
+        directory = Path(directory)
+        meta_path = directory / "editor.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} holds no editor.json")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != EDITOR_FORMAT:
+            raise ValueError(f"{directory} is not a {EDITOR_FORMAT} editor (format={meta.get('format')})")
+        targets = [EditTarget(**t) for t in meta["targets"]]
+        editor = cls(EditorConfig(**meta["config"]), targets, meta["base_model"])
+        state = load_file(directory / "editor.safetensors", device=str(map_location))
+        editor.load_state_dict(state)
+        editor.metadata = meta.get("extra", {})
+        return editor.to(map_location)
+
+
+def base_model_info(model: EditableModel) -> dict:
+    """What an editor or edit records about the model it was made for."""
+    return {
+        "name": model.name,
+        "kind": model.kind,
+        "model_type": model.model.config.model_type,
+        "fingerprint": model.fingerprint(),
+    }

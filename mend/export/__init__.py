@@ -1,0 +1,1 @@
+"""Exports of edits to formats other tools serve."""

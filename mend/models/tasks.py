@@ -1,0 +1,257 @@
+"""Turn (prompt, target) text pairs into model inputs, aligned labels and losses.
+
+One ``Task`` per model kind hides how each kind is fed and scored:
+
+* causal LMs see ``prompt + " " + target``; logits at position ``t`` predict token
+  ``t + 1``, so labels are stored pre-shifted (``labels[t]`` is what position ``t``
+  should predict, -100 where nothing is scored);
+* seq2seq LMs get the prompt in the encoder and the target in the decoder (no shift);
+* sequence classifiers have one scored position per example.
+
+Every task returns logits and labels of the same ``(batch, positions)`` shape, so the
+gradient capture, meta-training losses and metrics never branch on the model kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mend.models.loading import ModelKind
+
+IGNORE = -100
+
+
+@dataclass
+class TokenBatch:
+    """Model inputs plus labels aligned with the logits the task returns.
+
+    ``sequence_masks`` says, per input sequence (``"input"``, and ``"decoder"`` for
+    seq2seq), which token positions exist (attention mask). ``scored_masks`` says which
+    positions carry a label, per sequence: the positions a ``target`` token mode keeps.
+    """
+
+    inputs: dict[str, Tensor]
+    labels: Tensor
+    sequence_masks: dict[str, Tensor]
+    scored_masks: dict[str, Tensor]
+    # Causal LMs only compute logits from this position on (the first scored one), which
+    # skips the vocabulary projection for the prompt.
+    first_scored: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> TokenBatch:
+        move = {k: v.to(device) for k, v in self.inputs.items()}
+        return TokenBatch(
+            move,
+            self.labels.to(device),
+            {k: v.to(device) for k, v in self.sequence_masks.items()},
+            {k: v.to(device) for k, v in self.scored_masks.items()},
+            self.first_scored,
+            self.extra,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def scored_labels(self) -> Tensor:
+        """Labels for the positions :meth:`Task.logits` returns."""
+        return self.labels[:, self.first_scored :]
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def split_prompt_target(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of `` target`` as they appear in ``prompt + " " + target``.
+
+    Tokenising the joined text (not the two parts separately) keeps the ids the model
+    sees at inference; offsets tell which tokens belong to the target.
+    """
+    if not target:
+        raise ValueError("empty target")
+    text = f"{prompt} {target}" if prompt else target
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    boundary = len(prompt)
+    split = next(
+        (i for i, (start, end) in enumerate(offsets) if end > boundary and end > start),
+        len(ids),
+    )
+    # Special tokens appended after the text (EOS for some tokenizers) have empty offsets.
+    target_ids = [t for t, (s, e) in zip(ids[split:], offsets[split:], strict=True) if e > s]
+    if not target_ids:
+        raise ValueError(f"target {target!r} produced no tokens")
+    return ids[:split], target_ids
+
+
+class Task:
+    """Batching and scoring for one model kind."""
+
+    kind: ModelKind
+    # The sequence whose positions carry labels.
+    scored_sequence = "input"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    def batch(self, prompts: Sequence[str], targets: Sequence[str]) -> TokenBatch:
+        raise NotImplementedError
+
+    def logits(self, model: PreTrainedModel, batch: TokenBatch) -> Tensor:
+        """Logits aligned with ``batch.scored_labels`` (``(B, T, V)``)."""
+        raise NotImplementedError
+
+    def sequence_of(self, module_name: str) -> str:
+        """Which input sequence a module's activations belong to."""
+        return "input"
+
+
+class CausalLMTask(Task):
+    kind = "causal"
+
+    def batch(self, prompts, targets):
+        rows, labels = [], []
+        for prompt, target in zip(prompts, targets, strict=True):
+            prompt_ids, target_ids = split_prompt_target(self.tokenizer, prompt, target)
+            ids = prompt_ids + target_ids
+            # Position t predicts token t+1: the last prompt position predicts the first
+            # target token.
+            label = [IGNORE] * (len(prompt_ids) - 1) + target_ids + [IGNORE]
+            if not prompt_ids:
+                raise ValueError("causal LM edits need a non-empty prompt")
+            rows.append(ids)
+            labels.append(label)
+        # Right padding: causal attention keeps every real position's logits identical to
+        # the unpadded sequence, with no position-id bookkeeping.
+        input_ids = _pad(rows, self.pad_id)
+        attention = _pad([[1] * len(r) for r in rows], 0)
+        label_t = _pad(labels, IGNORE)
+        scored = label_t != IGNORE
+        first = int(scored.any(0).nonzero()[0]) if scored.any() else 0
+        return TokenBatch(
+            {"input_ids": input_ids, "attention_mask": attention},
+            label_t,
+            {"input": attention.bool()},
+            {"input": scored},
+            first_scored=first,
+        )
+
+    def logits(self, model, batch):
+        keep = batch.labels.shape[1] - batch.first_scored
+        return model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
+
+
+class Seq2SeqTask(Task):
+    kind = "seq2seq"
+    scored_sequence = "decoder"
+
+    def __init__(self, tokenizer, decoder_start_token_id: int):
+        super().__init__(tokenizer)
+        self.decoder_start = decoder_start_token_id
+
+    def batch(self, prompts, targets):
+        enc = [self.tokenizer(p)["input_ids"] for p in prompts]
+        dec_targets = [self.tokenizer(text_target=t)["input_ids"] for t in targets]
+        if any(len(t) == 0 for t in dec_targets):
+            raise ValueError("a target produced no tokens")
+        input_ids = _pad(enc, self.pad_id)
+        attention = _pad([[1] * len(r) for r in enc], 0)
+        labels = _pad(dec_targets, IGNORE)
+        decoder_inputs = _pad([[self.decoder_start] + t[:-1] for t in dec_targets], self.pad_id)
+        decoder_attention = _pad([[1] * len(t) for t in dec_targets], 0)
+        return TokenBatch(
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention,
+                "decoder_input_ids": decoder_inputs,
+                "decoder_attention_mask": decoder_attention,
+            },
+            labels,
+            {"input": attention.bool(), "decoder": decoder_attention.bool()},
+            {"input": attention.bool(), "decoder": labels != IGNORE},
+        )
+
+    def logits(self, model, batch):
+        return model(**batch.inputs, use_cache=False).logits
+
+    def sequence_of(self, module_name):
+        return "decoder" if "decoder" in module_name.split(".") else "input"
+
+
+class ClassifierTask(Task):
+    """Sequence classification (FEVER-style claims on BERT): the target is a label."""
+
+    kind = "classifier"
+
+    def __init__(self, tokenizer, label2id: dict[str, int], num_labels: int):
+        super().__init__(tokenizer)
+        self.label2id = {k.lower(): v for k, v in label2id.items()}
+        self.num_labels = num_labels
+
+    def label_id(self, target: str) -> int:
+        key = target.strip().lower()
+        if key in self.label2id:
+            return self.label2id[key]
+        aliases = {"false": 0, "refutes": 0, "true": 1, "supports": 1}
+        if key in aliases and aliases[key] < self.num_labels:
+            return aliases[key]
+        if key.isdigit() and int(key) < self.num_labels:
+            return int(key)
+        raise ValueError(f"target {target!r} is not a label of this classifier")
+
+    def batch(self, prompts, targets):
+        enc = [self.tokenizer(p)["input_ids"] for p in prompts]
+        input_ids = _pad(enc, self.pad_id)
+        attention = _pad([[1] * len(r) for r in enc], 0)
+        labels = torch.tensor([[self.label_id(t)] for t in targets])
+        # The pooled [CLS] position is the one that decides the label.
+        cls = torch.zeros_like(attention, dtype=torch.bool)
+        cls[:, 0] = True
+        return TokenBatch(
+            {"input_ids": input_ids, "attention_mask": attention},
+            labels,
+            {"input": attention.bool()},
+            {"input": cls},
+        )
+
+    def logits(self, model, batch):
+        return model(**batch.inputs).logits.unsqueeze(1)
+
+
+def task_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, kind: ModelKind) -> Task:
+    """The task matching a loaded model's head."""
+    if kind == "causal":
+        return CausalLMTask(tokenizer)
+    if kind == "seq2seq":
+        start = model.config.decoder_start_token_id
+        if start is None:
+            start = tokenizer.pad_token_id
+        return Seq2SeqTask(tokenizer, start)
+    return ClassifierTask(tokenizer, dict(model.config.label2id or {}), model.config.num_labels)
+
+
+def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-position NLL (``(B, T)``), zero where the label is ignored."""
+    flat = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none"
+    ).view_as(labels)
+    return flat * (labels != IGNORE)
+
+
+def per_example_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean NLL over each example's scored tokens (``(B,)``)."""
+    counts = (labels != IGNORE).sum(1).clamp_min(1)
+    return token_nll(logits, labels).sum(1) / counts
