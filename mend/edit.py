@@ -60,8 +60,11 @@ class Edit:
         self._key = uuid.uuid4().hex
 
     def __repr__(self) -> str:
-        ranks = {n: d.rank for n, d in self.deltas.items()}
-        return f"Edit({len(self.requests)} requests, {self.state}, ranks={ranks})"
+        ranks = [d.rank for d in self.deltas.values()] or [0]
+        return (
+            f"Edit({len(self.requests)} request(s), {self.state}, {len(self.deltas)} matrices, "
+            f"rank {min(ranks)}-{max(ranks)})"
+        )
 
     # -- applying ---------------------------------------------------------------------
     def _target(self, model: EditableModel | None) -> EditableModel:

@@ -150,7 +150,9 @@ class CausalLMTask(Task):
         )
 
     def logits(self, model, batch):
-        keep = batch.labels.shape[1] - batch.first_scored
+        # Index positions (not a trailing count): the gathered hidden states are
+        # contiguous, so the vocabulary projection is one matmul instead of a batched one.
+        keep = torch.arange(batch.first_scored, batch.labels.shape[1], device=batch.labels.device)
         return model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
 
 

@@ -7,13 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mend import Editor, EditorConfig, IncompatibleModelError
-from mend.capture import capture_factors
-from mend.editor.network import FactorEditor, RunningNorm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mend import EditableModel
+from mend import EditableModel, Editor, EditorConfig, IncompatibleModelError
+from mend.capture import capture_factors
+from mend.editor.network import FactorEditor, RunningNorm
 from tests.support.tiny_models import REQUESTS, tiny_model, tiny_tokenizer
 
 
