@@ -48,6 +48,7 @@ class Editor(nn.Module):
         self.config = config
         self.targets = list(targets)
         self.base_model = dict(base_model or {})
+        self.metadata: dict = {}  # what the training run recorded (editor.json "extra")
         # Group targets: one network per shape (or per matrix), mode = index in group.
         groups: dict[str, list[EditTarget]] = {}
         for target in self.targets:

@@ -1,0 +1,239 @@
+"""The meta-training loop: Adam on the editor, validation, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mend.editor.editor import Editor, base_model_info
+from mend.models.editable import EditableModel
+from mend.training.checkpoint import (
+    TrainerState,
+    load_optimizer,
+    load_trainer_state,
+    save_checkpoint,
+)
+from mend.training.config import TrainConfig
+from mend.training.data import TrainingData
+from mend.training.sampler import StepSampler
+from mend.training.step import MetaStep
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    best_dir: Path
+    last_dir: Path
+    steps: int
+    stopped: str  # "early_stopping" | "max_steps" | "time_budget"
+    best_metric: float | None
+    best_step: int | None
+    train_minutes: float
+    history: list[dict]
+
+
+def config_hash(config: TrainConfig) -> str:
+    # Where the run writes and how long it may take do not change what it computes.
+    stable = config.model_dump(mode="json", exclude={"output_dir", "max_minutes", "max_steps"})
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_optimizer(editor: Editor, config: TrainConfig) -> torch.optim.Adam:
+    """One Adam, two groups. MEND's separate lr optimiser stepped after ``zero_grad`` had
+    cleared the edit lrs' gradients, so it never moved them; one optimiser cannot."""
+    return torch.optim.Adam(
+        [
+            {"params": editor.editor_parameters(), "lr": config.lr},
+            {"params": [editor.edit_lrs], "lr": config.lr_edit_lrs},
+        ],
+        # The fused kernel is ~7x faster than the default loop on CPU for these 4M-entry
+        # matrices (measured here); it is also what runs on GPUs.
+        fused=True,
+    )
+
+
+class Trainer:
+    """Meta-trains an editor for one base model on one dataset configuration."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: EditableModel,
+        data: TrainingData,
+        editor: Editor | None = None,
+        on_validation: Callable[[int, dict], None] | None = None,
+    ):
+        self.config = config
+        self.model = model
+        self.data = data
+        self.out = Path(config.output_dir)
+        self.on_validation = on_validation
+        for p in model.model.parameters():  # the base model is frozen
+            p.requires_grad_(False)
+        torch.manual_seed(config.seed)
+        self.editor = editor or Editor.for_model(model, config.editor)
+        self.optimizer = make_optimizer(self.editor, config)
+        self.step_fn = MetaStep(model, self.editor, config.c_edit, config.c_loc)
+        self.sampler = StepSampler(
+            data.train, model.task, n_edits=config.n_edits, n_loc=config.n_loc,
+            seed=config.seed, equiv_includes_prompt=config.equiv_includes_prompt,
+        )
+        self.val_sampler = StepSampler(
+            data.validation[: config.val_size], model.task, n_edits=1, n_loc=config.n_loc,
+            seed=config.seed + 1, equiv_includes_prompt=config.equiv_includes_prompt,
+        )
+        self.state = TrainerState(
+            config_hash=config_hash(config), data_hash=data.train_hash
+        )
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "checkpoints" / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "best"
+
+    def _extra(self) -> dict:
+        return {
+            "train_config": self.config.model_dump(mode="json"),
+            "config_hash": self.state.config_hash,
+            "train_data_hash": self.data.train_hash,
+            "validation_data_hash": self.data.validation_hash,
+            "step": self.state.step,
+            "train_minutes": round(self.state.elapsed_s / 60, 3),
+        }
+
+    # -- resume -----------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Continue from ``checkpoints/last`` if present; returns whether it did."""
+        if not (self.last_dir / "state.json").exists():
+            return False
+        state = load_trainer_state(self.last_dir)
+        if state.config_hash != self.state.config_hash:
+            raise ValueError(
+                f"checkpoint in {self.last_dir} was written by a different configuration "
+                f"({state.config_hash} != {self.state.config_hash}); use another output_dir"
+            )
+        if state.data_hash != self.state.data_hash:
+            raise ValueError(f"checkpoint in {self.last_dir} was trained on different data")
+        loaded = Editor.load(self.last_dir)
+        self.editor.load_state_dict(loaded.state_dict())
+        load_optimizer(self.optimizer, self.last_dir)
+        self.state = state
+        return True
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.last_dir, self.editor, self.optimizer, self.state, self._extra())
+
+    # -- loop -------------------------------------------------------------------------
+    def train(self, resume: bool = True) -> TrainResult:
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(config.to_yaml())
+        if resume:
+            self.resume()
+        self.editor.base_model = base_model_info(self.model)
+        started = time.monotonic() - self.state.elapsed_s
+        params = list(self.editor.parameters())
+        running: dict[str, float] = {}
+        stopped = "max_steps"
+        bar = tqdm(total=config.max_steps, initial=self.state.step, desc="meta-training", dynamic_ncols=True)
+        metrics_log = (self.out / "metrics.jsonl").open("a")
+        try:
+            while self.state.step < config.max_steps:
+                self.editor.train()
+                for micro in range(config.grad_accum):
+                    batch = self.sampler.batch(self.state.step * config.grad_accum + micro)
+                    out = self.step_fn(batch.to(self.model.device), update_stats=True)
+                    if not math.isfinite(out.metrics["loss"]):
+                        self._diverged(f"loss is {out.metrics['loss']}")
+                    (out.loss / config.grad_accum).backward()
+                    for k, v in out.metrics.items():
+                        running[k] = 0.95 * running.get(k, v) + 0.05 * v
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    self._diverged(f"gradient norm is {grad_norm.item()}")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                self.state.elapsed_s = time.monotonic() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{running['loss']:.3f}", edit=f"{running['edit_acc']:.2f}",
+                                loc=f"{running['loc_agree']:.3f}")
+
+                step = self.state.step
+                if step % config.val_every == 0 or step == config.max_steps:
+                    record = {"step": step, "elapsed_s": round(self.state.elapsed_s, 1),
+                              "grad_norm": grad_norm.item(),
+                              **{f"train/{k}": v for k, v in running.items()}, **self.validate()}
+                    self.state.history.append(record)
+                    metrics_log.write(json.dumps(record) + "\n")
+                    metrics_log.flush()
+                    if self.on_validation:
+                        self.on_validation(step, record)
+                    if self._improved(record):
+                        save_checkpoint(self.best_dir, self.editor, None, self.state, self._extra())
+                    if step - (self.state.best_step or 0) >= config.patience:
+                        stopped = "early_stopping"
+                if step % config.checkpoint_every == 0 or stopped != "max_steps":
+                    self._save_last()
+                if stopped != "max_steps":
+                    break
+                if config.max_minutes and self.state.elapsed_s >= 60 * config.max_minutes:
+                    stopped = "time_budget"
+                    break
+        finally:
+            bar.close()
+            metrics_log.close()
+        if stopped == "time_budget" or not self.best_dir.exists():
+            # Make sure the final state is validated and considered for "best".
+            record = {"step": self.state.step, "elapsed_s": round(self.state.elapsed_s, 1), **self.validate()}
+            self.state.history.append(record)
+            if self._improved(record) or not self.best_dir.exists():
+                save_checkpoint(self.best_dir, self.editor, None, self.state, self._extra())
+        self._save_last()
+        return TrainResult(
+            self.best_dir, self.last_dir, self.state.step, stopped, self.state.best_metric,
+            self.state.best_step, self.state.elapsed_s / 60, self.state.history,
+        )
+
+    def _improved(self, record: dict) -> bool:
+        value = record[self.config.early_stop_metric]
+        best = self.state.best_metric
+        better = best is None or (value < best if self.config.early_stop_mode == "min" else value > best)
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+        return better
+
+    def _diverged(self, what: str) -> None:
+        where = self.last_dir if self.last_dir.exists() else "none written yet"
+        raise TrainingDivergedError(
+            f"meta-training diverged at step {self.state.step}: {what}. "
+            f"The last good checkpoint is kept: {where}. Lower lr or grad_clip and resume."
+        )
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean step metrics over the validation edits (frozen normalisation statistics)."""
+        self.editor.eval()
+        totals: dict[str, float] = {}
+        n = len(self.val_sampler.records)
+        for i in range(n):
+            out = self.step_fn(self.val_sampler.batch(i).to(self.model.device), update_stats=False)
+            for k, v in out.metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / n
+        self.editor.train()
+        return {f"val/{k}": v for k, v in totals.items()}
