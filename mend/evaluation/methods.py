@@ -1,0 +1,114 @@
+"""Editing methods compared under one evaluation: MEND and the fine-tuning baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from mend.data.records import EditRecord, LocalityProbe
+from mend.editor.editor import Editor
+from mend.models.editable import EditableModel
+from mend.models.tasks import per_example_nll
+from mend.training.losses import kl_on_scored
+
+
+class Applied(Protocol):
+    """An edit currently in effect on a model; ``remove()`` undoes it."""
+
+    def remove(self) -> object: ...
+
+
+class EditMethod(Protocol):
+    name: str
+
+    def apply(self, model: EditableModel, records: Sequence[EditRecord]) -> Applied:
+        """Edit ``model`` so that every record's prompt yields its target (simultaneously)."""
+        ...
+
+
+@dataclass
+class MendMethod:
+    """A meta-trained (or identity) MEND editor."""
+
+    editor: Editor
+    name: str = "mend"
+
+    def apply(self, model, records):
+        return self.editor.edit(
+            model, [r.prompt for r in records], [r.target for r in records],
+            [r.record_id for r in records],
+        ).apply()
+
+
+class WeightSnapshot:
+    """The edited matrices' values before a fine-tuning edit; ``remove()`` restores them."""
+
+    def __init__(self, model: EditableModel):
+        self.model = model
+        self.saved = {
+            t.module_name: model.model.get_submodule(t.module_name).weight.detach().clone()
+            for t in model.targets
+        }
+
+    @torch.no_grad()
+    def remove(self) -> None:
+        for name, value in self.saved.items():
+            self.model.model.get_submodule(name).weight.copy_(value)
+
+
+@dataclass
+class FineTuneMethod:
+    """Fine-tuning of the same matrices the editor edits (FT), optionally with a KL
+    locality constraint on unrelated probes (FT+L, the paper's FT+KL baseline).
+
+    Stops early once every target token is the argmax under teacher forcing.
+    """
+
+    lr: float = 5e-4
+    max_steps: int = 40
+    c_loc: float = 0.0
+    locality_pool: Sequence[LocalityProbe] = ()
+    n_loc: int = 4
+    seed: int = 0
+    name: str = "ft"
+
+    def apply(self, model, records):
+        snapshot = WeightSnapshot(model)
+        weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
+        batch = model.task.batch([r.prompt for r in records], [r.target for r in records]).to(model.device)
+        loc_batch = pre_loc = None
+        if self.c_loc > 0:
+            if not self.locality_pool:
+                raise ValueError("FT+L needs a pool of locality probes")
+            gen = torch.Generator().manual_seed(self.seed + len(records))
+            pick = torch.randperm(len(self.locality_pool), generator=gen)[: self.n_loc].tolist()
+            probes = [self.locality_pool[i] for i in pick]
+            loc_batch = model.task.batch([p.prompt for p in probes], [p.answer for p in probes]).to(model.device)
+            with torch.no_grad():
+                pre_loc = model.task.logits(model.model, loc_batch)
+        flags = [w.requires_grad for w in weights]
+        for w in weights:
+            w.requires_grad_(True)
+        optimizer = torch.optim.Adam(weights, lr=self.lr)
+        try:
+            for _ in range(self.max_steps):
+                logits = model.task.logits(model.model, batch)
+                labels = batch.scored_labels
+                mask = labels != -100
+                if bool(((logits.argmax(-1) == labels) | ~mask).all()):
+                    break
+                loss = per_example_nll(logits, labels).mean()
+                if loc_batch is not None:
+                    post = model.task.logits(model.model, loc_batch)
+                    loss = loss + self.c_loc * kl_on_scored(pre_loc, post, loc_batch.scored_labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            for w, flag in zip(weights, flags, strict=True):
+                w.requires_grad_(flag)
+                w.grad = None
+        return snapshot

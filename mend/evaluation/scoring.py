@@ -1,0 +1,92 @@
+"""How an edited model is scored: teacher-forced, exact-match and generated.
+
+Three views of the same question, from most to least lenient:
+
+* token accuracy (teacher-forced): the fraction of target tokens that are the argmax
+  when the gold prefix is fed (EasyEdit's "reliability"/"generalization");
+* teacher-forced exact match: every target token is the argmax (the MEND paper's
+  edit success);
+* generated exact match: greedy decoding from the prompt produces the target text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mend.models.editable import EditableModel
+from mend.models.tasks import IGNORE, per_example_nll, token_nll
+
+
+@dataclass
+class TargetScores:
+    token_acc: list[float]
+    exact: list[bool]
+    nll: list[float]
+
+
+@torch.no_grad()
+def score_targets(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetScores:
+    """Teacher-forced accuracy, exact match and mean NLL of ``targets`` after ``prompts``."""
+    batch = model.task.batch(list(prompts), list(targets)).to(model.device)
+    logits = model.task.logits(model.model, batch)
+    labels = batch.scored_labels
+    mask = labels != IGNORE
+    hits = (logits.argmax(-1) == labels) & mask
+    counts = mask.sum(1).clamp_min(1)
+    return TargetScores(
+        (hits.sum(1) / counts).tolist(),
+        (hits.sum(1) == mask.sum(1)).tolist(),
+        per_example_nll(logits, labels).tolist(),
+    )
+
+
+@torch.no_grad()
+def answer_predictions(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Tensor]:
+    """The argmax tokens at each answer position (teacher-forced), one tensor per probe."""
+    batch = model.task.batch(list(prompts), list(answers)).to(model.device)
+    logits = model.task.logits(model.model, batch)
+    labels = batch.scored_labels
+    predicted = logits.argmax(-1)
+    return [predicted[i][labels[i] != IGNORE].cpu() for i in range(len(prompts))]
+
+
+def agreement(before: Sequence[Tensor], after: Sequence[Tensor]) -> tuple[float, bool]:
+    """Fraction of positions whose prediction did not change, and whether none did."""
+    same = sum(int((a == b).sum()) for a, b in zip(before, after, strict=True))
+    total = sum(len(a) for a in before)
+    return (same / total if total else 1.0), same == total
+
+
+@torch.no_grad()
+def text_nll(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> tuple[float, int]:
+    """Summed NLL and token count of ``answers`` after ``prompts`` (for perplexity)."""
+    batch = model.task.batch(list(prompts), list(answers)).to(model.device)
+    logits = model.task.logits(model.model, batch)
+    labels = batch.scored_labels
+    return float(token_nll(logits, labels).sum()), int((labels != IGNORE).sum())
+
+
+@torch.no_grad()
+def generated_exact(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> list[bool]:
+    """Whether greedy decoding (as many tokens as the target has) yields the target."""
+    if model.kind == "classifier":
+        outputs = model.generate(prompts)
+        return [o.strip().lower() == t.strip().lower() for o, t in zip(outputs, targets, strict=True)]
+    batch = model.task.batch(list(prompts), list(targets))
+    lengths = (batch.scored_labels != IGNORE).sum(1).tolist()
+    results = []
+    # Group by target length so each generate() call decodes exactly that many tokens.
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(int(n), []).append(i)
+    outputs: dict[int, str] = {}
+    for n, indices in by_length.items():
+        texts = model.generate([prompts[i] for i in indices], max_new_tokens=n)
+        outputs.update(zip(indices, texts, strict=True))
+    for i, target in enumerate(targets):
+        results.append(outputs[i].strip() == target.strip())
+    return results
