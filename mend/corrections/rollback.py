@@ -1,0 +1,59 @@
+"""Roll back corrections: a new version without them (earlier versions stay as they were)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mend.corrections.lease import Lease
+from mend.corrections.queue import CorrectionQueue
+from mend.corrections.versions import ActiveEntry, VersionStore
+
+
+def rollback(
+    queue: CorrectionQueue,
+    *,
+    correction_ids: Sequence[str] = (),
+    to_version: int | None = None,
+    reason: str = "",
+    requested_by: str = "",
+    lease_ttl_s: float = 600.0,
+) -> int:
+    """Publish a new version that drops ``correction_ids`` from the latest one, or that
+    restores exactly the corrections of ``to_version``. Returns the new version."""
+    if bool(correction_ids) == (to_version is not None):
+        raise ValueError("give either correction ids or a version to roll back to")
+    versions = VersionStore(queue.store, queue.prefix)
+    with Lease(queue.store, f"{queue.prefix}/locks/apply.json", lease_ttl_s):
+        latest = versions.latest()
+        if latest is None:
+            raise ValueError("nothing is published yet")
+        current = versions.active(latest)
+        current_ids = {i for e in current for i in e.ids}
+        if to_version is not None:
+            entries = versions.active(to_version)
+        else:
+            unknown = sorted(set(correction_ids) - current_ids)
+            if unknown:
+                raise ValueError(f"not active in version {latest}: {unknown}")
+            drop = set(correction_ids)
+            entries = [ActiveEntry(e.path, tuple(i for i in e.ids if i not in drop)) for e in current]
+            entries = [e for e in entries if e.ids]
+        kept = {i for e in entries for i in e.ids}
+        base = versions.manifest(latest).get("base_model", {})
+        return versions.publish(
+            latest,
+            None,
+            entries,
+            {
+                "base_model": base,
+                "added": [],
+                "corrections": {},
+                "rollback": {
+                    "removed": sorted(current_ids - kept),
+                    "restored": sorted(kept - current_ids),
+                    "to_version": to_version,
+                    "reason": reason,
+                    "requested_by": requested_by,
+                },
+            },
+        )

@@ -1,0 +1,170 @@
+"""Published corrected-model versions: immutable, complete or absent.
+
+A version ``n`` lives under ``versions/<n>/``. An apply run writes its files into a
+fresh attempt folder ``versions/<n>/<attempt>/`` (never touched by any other run) and
+then creates ``versions/<n>/manifest.json`` with the store's atomic
+``put_if_absent``. The manifest is the commit point: a version exists exactly when its
+manifest does, two runs can never both publish ``n``, and a run killed at any moment
+leaves either the previous version or the new one. Attempt folders no manifest points
+to are garbage and are removed by :meth:`VersionStore.collect_garbage`.
+
+A manifest lists the *active* corrections as references to the delta files of the
+versions that added them, so a correction's low-rank factors are stored once, and
+rolling one back is a new manifest without it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mend.corrections.schema import now
+from mend.edit import Edit
+from mend.storage import ArtifactNotFoundError, ArtifactStore
+
+MANIFEST_FORMAT = "mend-corrected-model/1"
+
+
+class VersionConflictError(RuntimeError):
+    """Another run published this version number first."""
+
+
+@dataclass(frozen=True)
+class ActiveEntry:
+    """Corrections whose factors live in one stored delta (``path`` on the store)."""
+
+    path: str
+    ids: tuple[str, ...]
+
+    def as_json(self) -> dict:
+        return {"path": self.path, "ids": list(self.ids)}
+
+    @staticmethod
+    def from_json(obj: dict) -> ActiveEntry:
+        return ActiveEntry(obj["path"], tuple(obj["ids"]))
+
+
+class VersionStore:
+    def __init__(self, store: ArtifactStore, prefix: str = "corrections"):
+        self.store = store
+        self.root = f"{prefix.strip('/')}/versions"
+
+    def _dir(self, version: int) -> str:
+        return f"{self.root}/{version:06d}"
+
+    def manifest_key(self, version: int) -> str:
+        return f"{self._dir(version)}/manifest.json"
+
+    def versions(self) -> list[int]:
+        """Published versions, ascending."""
+        found = []
+        for key in self.store.list(self.root + "/"):
+            parts = key[len(self.root) + 1 :].split("/")
+            if len(parts) == 2 and parts[1] == "manifest.json" and parts[0].isdigit():
+                found.append(int(parts[0]))
+        return sorted(found)
+
+    def latest(self) -> int | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def manifest(self, version: int) -> dict:
+        try:
+            return self.store.get_json(self.manifest_key(version))
+        except ArtifactNotFoundError:
+            raise ArtifactNotFoundError(f"version {version} is not published") from None
+
+    def active(self, version: int | None) -> list[ActiveEntry]:
+        if version is None:
+            return []
+        return [ActiveEntry.from_json(e) for e in self.manifest(version)["active"]]
+
+    def load_edit(self, entries: list[ActiveEntry]) -> Edit | None:
+        """The combined edit of the given active entries (None when there are none)."""
+        parts = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for index, entry in enumerate(entries):
+                local = Path(tmp) / str(index)
+                self.store.download_dir(entry.path, local)
+                edit = Edit.load(local)
+                keep = [i for i, r in enumerate(edit.requests) if r.request_id in set(entry.ids)]
+                if len(keep) != len(entry.ids):
+                    missing = set(entry.ids) - {edit.requests[i].request_id for i in keep}
+                    raise ValueError(f"{entry.path} lacks corrections {sorted(missing)}")
+                parts.append(edit.select(keep))
+        return Edit.concat(parts) if parts else None
+
+    def publish(
+        self,
+        parent: int | None,
+        new_delta: Edit | None,
+        active: list[ActiveEntry],
+        details: dict,
+    ) -> int:
+        """Publish version ``parent + 1``: its new delta (if any), the full edit as a PEFT
+        adapter, and last the manifest. Raises :class:`VersionConflictError` if another run
+        published that number first."""
+        version = (parent or 0) + 1
+        attempt = f"{self._dir(version)}/{uuid.uuid4().hex[:12]}"
+        entries = list(active)
+        with tempfile.TemporaryDirectory() as tmp:
+            if new_delta is not None and new_delta.requests:
+                new_delta.save(Path(tmp) / "delta")
+                self.store.upload_dir(Path(tmp) / "delta", f"{attempt}/delta")
+                entries.append(
+                    ActiveEntry(f"{attempt}/delta", tuple(r.request_id for r in new_delta.requests))
+                )
+            full = self.load_edit(entries)
+            files = {}
+            if full is not None:
+                full.to_peft(Path(tmp) / "adapter", full.base_model.get("name"))
+                for key in self.store.upload_dir(Path(tmp) / "adapter", f"{attempt}/adapter"):
+                    files[key] = self.store.info(key).sha256
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "parent": parent,
+            "created_at": now().isoformat(),
+            "attempt": attempt,
+            "active": [e.as_json() for e in entries],
+            "active_ids": [i for e in entries for i in e.ids],
+            "adapter": f"{attempt}/adapter" if files else None,
+            "files": files,
+            **details,
+        }
+        if not self.store.put_if_absent(self.manifest_key(version), json.dumps(manifest, indent=2).encode()):
+            self.store_cleanup(attempt)
+            raise VersionConflictError(f"version {version} was published by another run")
+        return version
+
+    def store_cleanup(self, attempt: str) -> None:
+        for key in self.store.list(attempt + "/"):
+            self.store.delete(key)
+
+    def collect_garbage(self) -> int:
+        """Delete attempt folders that no manifest refers to; returns objects removed."""
+        referenced = set()
+        for version in self.versions():
+            manifest = self.manifest(version)
+            referenced.add(manifest["attempt"])
+            referenced.update(e["path"].rsplit("/", 1)[0] for e in manifest["active"])
+        removed = 0
+        for key in self.store.list(self.root + "/"):
+            parts = key[len(self.root) + 1 :].split("/")
+            if len(parts) >= 3 and f"{self.root}/{parts[0]}/{parts[1]}" not in referenced:
+                self.store.delete(key)
+                removed += 1
+        return removed
+
+    def verify(self, version: int) -> None:
+        """Check that every file of a published version is present and intact."""
+        manifest = self.manifest(version)
+        for key, sha in manifest["files"].items():
+            if self.store.info(key).sha256 != sha:
+                raise ValueError(f"version {version}: {key} does not match its manifest")
+        for entry in manifest["active"]:
+            for name in ("edit.json", "edit.safetensors"):
+                self.store.info(f"{entry['path']}/{name}")

@@ -1,0 +1,133 @@
+"""Applying queued corrections: publish, exactly once, policy, rollback."""
+
+import pytest
+import torch
+
+from mend.corrections import (
+    AcceptancePolicy,
+    ApplyConfig,
+    CorrectionQueue,
+    VersionStore,
+    apply_corrections,
+    rollback,
+)
+from mend.storage import open_store
+from tests.support.corrections import LENIENT, correction_dicts, tiny_editing_setup
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model, editor = tiny_editing_setup()
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    return queue, model, editor
+
+
+def _logits(model, prompts, targets):
+    batch = model.task.batch(prompts, targets)
+    with torch.no_grad():
+        return model.task.logits(model.model, batch)
+
+
+def test_apply_publishes_a_complete_version_and_moves_corrections(setup):
+    queue, model, editor = setup
+    items = correction_dicts(5)
+    assert len(queue.submit(items).accepted) == 5
+    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=3, policy=LENIENT))
+    assert report.versions == [1, 2]
+    assert sorted(report.applied) == sorted(i["id"] for i in items)
+    assert queue.counts() == {"pending": 0, "applied": 5, "rejected": 0, "dead-letter": 0}
+    versions = VersionStore(queue.store)
+    manifest = versions.manifest(2)
+    assert sorted(manifest["active_ids"]) == sorted(i["id"] for i in items)
+    assert manifest["parent"] == 1 and manifest["adapter"]
+    versions.verify(1)
+    versions.verify(2)
+    # The model was left as it was found.
+    fresh, _ = tiny_editing_setup()
+    assert torch.equal(_logits(model, ["Who wrote Hamlet?"], ["William"]),
+                       _logits(fresh, ["Who wrote Hamlet?"], ["William"]))
+
+
+def test_rerun_applies_nothing_twice(setup):
+    queue, model, editor = setup
+    queue.submit(correction_dicts(3))
+    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    again = apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    assert again.versions == [] and again.applied == []
+    assert VersionStore(queue.store).versions() == [1]
+
+
+def test_published_version_reproduces_the_edit(setup):
+    queue, model, editor = setup
+    items = correction_dicts(2)
+    queue.submit(items)
+    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    versions = VersionStore(queue.store)
+    edit = versions.load_edit(versions.active(1))
+    prompts = [i["prompt"] for i in items]
+    targets = [i["target"] for i in items]
+    direct = editor.edit(model, prompts, targets, [i["id"] for i in items])
+    with direct.applied():
+        expected = _logits(model, prompts, targets)
+    with edit.applied(model):
+        assert torch.allclose(_logits(model, prompts, targets), expected, atol=1e-5)
+
+
+def test_policy_rejections_are_recorded_with_reasons(setup):
+    queue, model, editor = setup
+    queue.submit(correction_dicts(2))
+    strict = ApplyConfig(policy=AcceptancePolicy(min_generalization=1.0, min_edit_success=1.0))
+    editor.edit_lrs.data.fill_(0.0)  # an editor that changes nothing cannot pass
+    report = apply_corrections(queue, model, editor, strict)
+    assert report.versions == [] and len(report.rejected) == 2
+    record = queue.read("rejected", report.rejected[0][0])
+    assert "edit success" in record["reason"] or "teacher forcing" in record["reason"]
+    assert "metrics" in record
+
+
+def test_regression_gate_rejects_a_batch_that_breaks_probes(setup):
+    queue, model, editor = setup
+    queue.submit(correction_dicts(2))
+    editor.edit_lrs.data.fill_(50.0)  # absurdly strong edits disturb everything
+    gate = AcceptancePolicy(min_edit_success=0.0, require_exact=False, min_locality=0.0, min_regression=1.0)
+    report = apply_corrections(queue, model, editor, ApplyConfig(policy=gate))
+    assert report.versions == []
+    assert all("regression probes" in reason for _, reason in report.rejected)
+
+
+def test_newer_correction_of_the_same_prompt_supersedes_the_older(setup):
+    queue, model, editor = setup
+    first = correction_dicts(1)[0]
+    queue.submit([first])
+    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    newer = {**first, "id": "newer", "target": "Paris" if first["target"] != "Paris" else "Rome"}
+    assert queue.submit([newer]).accepted == ["newer"]
+    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    manifest = VersionStore(queue.store).manifest(2)
+    assert manifest["active_ids"] == ["newer"] and manifest["superseded"] == [first["id"]]
+
+
+def test_rollback_of_one_correction_leaves_the_others_answers(setup):
+    queue, model, editor = setup
+    items = correction_dicts(4)
+    queue.submit(items)
+    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    versions = VersionStore(queue.store)
+    before = versions.load_edit(versions.active(versions.latest()))
+    others = [i for i in items if i["id"] != items[0]["id"]]
+    prompts, targets = [i["prompt"] for i in others], [i["target"] for i in others]
+    with before.applied(model):
+        answers_before = model.generate(prompts, max_new_tokens=3)
+        logits_before = _logits(model, prompts, targets)
+    new_version = rollback(queue, correction_ids=[items[0]["id"]], reason="wrong fact", requested_by="tester")
+    after = versions.load_edit(versions.active(new_version))
+    assert items[0]["id"] not in versions.manifest(new_version)["active_ids"]
+    with after.applied(model):
+        assert model.generate(prompts, max_new_tokens=3) == answers_before
+        # Only the removed correction's own delta is gone: the rest is unchanged to
+        # within its (small) effect on unrelated prompts.
+        assert (_logits(model, prompts, targets) - logits_before).abs().max() < 0.5
+    restored = rollback(queue, to_version=new_version - 1)
+    assert sorted(versions.manifest(restored)["active_ids"]) == sorted(i["id"] for i in items)
+    with pytest.raises(ValueError, match="not active"):
+        rollback(queue, correction_ids=["no-such-id"])
