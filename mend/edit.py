@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from mend.aggregation import KeyShifts
 from mend.deltas import DeltaHooks, LowRankDelta, add_to_weights
 from mend.models.editable import EditableModel
 from mend.models.targets import Layout
@@ -41,6 +42,10 @@ class Edit:
     Rows of every change remember which request produced them, so an edit of k requests
     is exactly the concatenation of k single-request edits computed on the same model,
     and any subset can be taken out (:meth:`select`).
+
+    A least-squares edit (``memory`` set) keeps each request's keys and value shifts
+    instead; its change is the solve over them, so :meth:`concat` and :meth:`select`
+    re-solve over the combined or remaining requests.
     """
 
     def __init__(
@@ -50,14 +55,33 @@ class Edit:
         requests: Sequence[EditRequest],
         base_model: dict,
         model: EditableModel | None = None,
+        memory: dict[str, KeyShifts] | None = None,
     ):
         self.deltas = deltas
         self.layouts = layouts
         self.requests = list(requests)
         self.base_model = base_model
         self.model = model
+        self.memory = memory
         self.state: State = "detached"
         self._key = uuid.uuid4().hex
+
+    @classmethod
+    def from_key_shifts(
+        cls,
+        memory: dict[str, KeyShifts],
+        layouts: dict[str, Layout],
+        requests: Sequence[EditRequest],
+        base_model: dict,
+        model: EditableModel | None = None,
+    ) -> Edit:
+        """The least-squares edit solving ``memory`` (one solve per matrix)."""
+        deltas = {name: ks.solve() for name, ks in memory.items()}
+        return cls(deltas, layouts, requests, base_model, model, memory)
+
+    @property
+    def aggregation(self) -> str:
+        return "sum" if self.memory is None else "least_squares"
 
     def __repr__(self) -> str:
         ranks = [d.rank for d in self.deltas.values()] or [0]
@@ -133,6 +157,20 @@ class Edit:
         base = edits[0].base_model
         if any(e.base_model.get("fingerprint") != base.get("fingerprint") for e in edits):
             raise ValueError("edits were made for different base models")
+        if len({e.aggregation for e in edits}) > 1:
+            raise ValueError("cannot combine summed and least-squares edits")
+        layouts = {k: v for e in edits for k, v in e.layouts.items()}
+        requests = [r for e in edits for r in e.requests]
+        if edits[0].memory is not None:
+            memories: dict[str, list[KeyShifts]] = {}
+            offset = 0
+            for e in edits:
+                for name, ks in e.memory.items():
+                    shifted = KeyShifts(ks.keys, ks.shifts, ks.example + offset, ks.lam)
+                    memories.setdefault(name, []).append(shifted)
+                offset += len(e.requests)
+            memory = {name: KeyShifts.cat(parts) for name, parts in memories.items()}
+            return Edit.from_key_shifts(memory, layouts, requests, base, edits[0].model)
         per_module: dict[str, list[LowRankDelta]] = {}
         offset = 0
         for e in edits:
@@ -140,8 +178,6 @@ class Edit:
                 shifted = LowRankDelta(delta.u, delta.v, delta.example + offset)
                 per_module.setdefault(name, []).append(shifted)
             offset += len(e.requests)
-        layouts = {k: v for e in edits for k, v in e.layouts.items()}
-        requests = [r for e in edits for r in e.requests]
         deltas = {name: LowRankDelta.cat(parts) for name, parts in per_module.items()}
         return Edit(deltas, layouts, requests, base, edits[0].model)
 
@@ -150,11 +186,17 @@ class Edit:
         index = torch.as_tensor(list(request_indices), dtype=torch.long)
         remap = torch.full((len(self.requests),), -1, dtype=torch.long)
         remap[index] = torch.arange(len(index))
+        requests = [self.requests[i] for i in index.tolist()]
+        if self.memory is not None:
+            memory = {}
+            for name, ks in self.memory.items():
+                kept = ks.select(remap[ks.example] >= 0)
+                memory[name] = KeyShifts(kept.keys, kept.shifts, remap[kept.example], kept.lam)
+            return Edit.from_key_shifts(memory, self.layouts, requests, self.base_model, self.model)
         deltas = {}
         for name, delta in self.deltas.items():
             kept = delta.select(remap[delta.example] >= 0)
             deltas[name] = LowRankDelta(kept.u, kept.v, remap[kept.example])
-        requests = [self.requests[i] for i in index.tolist()]
         return Edit(deltas, self.layouts, requests, self.base_model, self.model)
 
     def dense(self) -> dict[str, torch.Tensor]:
@@ -167,14 +209,24 @@ class Edit:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
-        for name, delta in self.deltas.items():
-            d = delta.detach()
-            tensors[f"{name}.u"] = d.u.contiguous().cpu()
-            tensors[f"{name}.v"] = d.v.contiguous().cpu()
-            tensors[f"{name}.example"] = d.example.contiguous().cpu()
+        lambdas = {}
+        if self.memory is None:
+            for name, delta in self.deltas.items():
+                d = delta.detach()
+                tensors[f"{name}.u"] = d.u.contiguous().cpu()
+                tensors[f"{name}.v"] = d.v.contiguous().cpu()
+                tensors[f"{name}.example"] = d.example.contiguous().cpu()
+        else:  # the change is re-solved from the keys and shifts on load
+            for name, ks in self.memory.items():
+                tensors[f"{name}.keys"] = ks.keys.detach().contiguous().cpu()
+                tensors[f"{name}.shifts"] = ks.shifts.detach().contiguous().cpu()
+                tensors[f"{name}.key_example"] = ks.example.contiguous().cpu()
+                lambdas[name] = float(ks.lam)
         save_file(tensors, directory / "edit.safetensors")
         meta = {
             "format": EDIT_FORMAT,
+            "aggregation": self.aggregation,
+            "lambdas": lambdas,
             "base_model": self.base_model,
             "layouts": self.layouts,
             "modules": list(self.deltas),
@@ -191,12 +243,22 @@ class Edit:
         if meta.get("format") != EDIT_FORMAT:
             raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={meta.get('format')})")
         tensors = load_file(directory / "edit.safetensors")
-        deltas = {
-            name: LowRankDelta(tensors[f"{name}.u"], tensors[f"{name}.v"], tensors[f"{name}.example"])
-            for name in meta["modules"]
-        }
         requests = [EditRequest(**r) for r in meta["requests"]]
-        edit = cls(deltas, meta["layouts"], requests, meta["base_model"], None)
+        if meta.get("aggregation") == "least_squares":
+            memory = {
+                name: KeyShifts(
+                    tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],
+                    torch.tensor(lam),
+                )
+                for name, lam in meta["lambdas"].items()
+            }
+            edit = cls.from_key_shifts(memory, meta["layouts"], requests, meta["base_model"])
+        else:
+            deltas = {
+                name: LowRankDelta(tensors[f"{name}.u"], tensors[f"{name}.v"], tensors[f"{name}.example"])
+                for name in meta["modules"]
+            }
+            edit = cls(deltas, meta["layouts"], requests, meta["base_model"])
         if model is not None:
             edit.model = edit._target(model)
         return edit

@@ -24,6 +24,10 @@ class EditorConfig(BaseModel):
     down_init: Literal["normal", "xavier"] = Field(
         "normal", description="init of each block's down-projection (MEND's code: normal)"
     )
+    aggregation: Literal["sum", "least_squares"] = Field(
+        "sum",
+        description="sum: MEND's summed rank-1 terms; least_squares: MALMEN's regularised solve",
+    )
     norm_eps: float = 1e-7
     patterns: list[str] | None = Field(
         None, description="module-name regexes of the edited matrices; None = family default"

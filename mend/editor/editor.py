@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mend.aggregation import KeyShifts
 from mend.capture import Factors, capture_factors
 from mend.deltas import LowRankDelta
 from mend.edit import Edit, EditRequest
@@ -72,6 +73,9 @@ class Editor(nn.Module):
         )
         self.edit_lrs = nn.Parameter(torch.full((len(self.targets),), config.edit_lr_init))
         self._lr_index = {t.module_name: i for i, t in enumerate(self.targets)}
+        if config.aggregation == "least_squares":
+            # log of each matrix's ridge regulariser (MALMEN initialises lambda at 1).
+            self.log_lambdas = nn.Parameter(torch.zeros(len(self.targets)))
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -85,14 +89,36 @@ class Editor(nn.Module):
         return cls(config, model.targets, base_model_info(model))
 
     def editor_parameters(self) -> list[nn.Parameter]:
-        """Network weights (trained at the editor lr)."""
+        """Network weights and regularisers (trained at the editor lr)."""
         return [p for n, p in self.named_parameters() if n != "edit_lrs"]
+
+    @property
+    def least_squares(self) -> bool:
+        return self.config.aggregation == "least_squares"
 
     # -- the transform ----------------------------------------------------------------
     def deltas_from(
         self, factors: dict[str, Factors], update_stats: bool = False
     ) -> dict[str, LowRankDelta]:
-        """Transform captured factors into per-matrix low-rank changes (differentiable).
+        """Transform captured factors into per-matrix low-rank changes (differentiable),
+        aggregated as the config says (see :mod:`mend.aggregation`)."""
+        if self.least_squares:
+            return {n: ks.solve() for n, ks in self.key_shifts(factors, update_stats).items()}
+        return self._transform(factors, update_stats)
+
+    def key_shifts(self, factors: dict[str, Factors], update_stats: bool = False) -> dict[str, KeyShifts]:
+        """Per matrix, each edited token's key and the output shift it asks for."""
+        terms = self._transform(factors, update_stats)
+        out = {}
+        for name, term in terms.items():
+            index = self._lr_index[name]
+            # term.v = -lr * delta~, so the shift -lr (u . u~) delta~ is (u . u~) * term.v.
+            shifts = (factors[name].u.float() * term.u).sum(-1, keepdim=True) * term.v
+            out[name] = KeyShifts(factors[name].u.float(), shifts, term.example, self.log_lambdas[index].exp())
+        return out
+
+    def _transform(self, factors: dict[str, Factors], update_stats: bool) -> dict[str, LowRankDelta]:
+        """The editor networks on every row; one rank-1 term ``-lr delta~ u~^T`` per row.
 
         Rows of all matrices that share a network go through it in one batch.
         """
@@ -140,11 +166,14 @@ class Editor(nn.Module):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         ids = list(request_ids) if request_ids is not None else [""] * len(prompts)
         capture = self._capture(model, prompts, targets)
-        with torch.no_grad():
-            deltas = self.deltas_from(capture.factors, update_stats=False)
-        deltas = {n: d.detach() for n, d in deltas.items()}
         requests = [EditRequest(p, t, i) for p, t, i in zip(prompts, targets, ids, strict=True)]
         info = base_model_info(model) if not self.base_model else self.base_model
+        with torch.no_grad():
+            if self.least_squares:
+                memory = {n: ks.detach() for n, ks in self.key_shifts(capture.factors).items()}
+                return Edit.from_key_shifts(memory, model.layouts, requests, info, model)
+            deltas = self._transform(capture.factors, update_stats=False)
+        deltas = {n: d.detach() for n, d in deltas.items()}
         return Edit(deltas, model.layouts, requests, info, model)
 
     @torch.no_grad()

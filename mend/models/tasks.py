@@ -60,6 +60,28 @@ class TokenBatch:
     def size(self) -> int:
         return self.labels.shape[0]
 
+    def rows(self, start: int, stop: int) -> TokenBatch:
+        """Examples ``start:stop`` as a batch of their own."""
+        labels = self.labels[start:stop]
+        scored = {k: v[start:stop] for k, v in self.scored_masks.items()}
+        any_scored = (labels != IGNORE).any(0)
+        first = int(any_scored.nonzero()[0]) if any_scored.any() else 0
+        return TokenBatch(
+            {k: v[start:stop] for k, v in self.inputs.items()},
+            labels,
+            {k: v[start:stop] for k, v in self.sequence_masks.items()},
+            scored,
+            # Only causal batches trim their logits; the others always start at 0.
+            first_scored=first if self.first_scored else 0,
+            extra=self.extra,
+        )
+
+    def chunks(self, size: int | None) -> list[TokenBatch]:
+        """The batch split into consecutive pieces of at most ``size`` examples."""
+        if size is None or size >= self.size:
+            return [self]
+        return [self.rows(i, min(i + size, self.size)) for i in range(0, self.size, size)]
+
     @property
     def scored_labels(self) -> Tensor:
         """Labels for the positions :meth:`Task.logits` returns."""

@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     c_loc: float = Field(1.0, ge=0, description="weight of KL(pre || post) on locality answers")
     n_edits: int = Field(1, ge=1, description="simultaneous edits per step")
     n_loc: int = Field(4, ge=1, description="locality probes per step")
+    chunk_size: int | None = Field(
+        None, ge=1, description="examples per language-model pass; bounds memory for many edits per step"
+    )
     equiv_includes_prompt: bool = Field(
         True, description="score the edit prompt itself besides its rephrase"
     )

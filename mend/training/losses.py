@@ -9,8 +9,9 @@ from torch import Tensor
 from mend.models.tasks import IGNORE
 
 
-def kl_on_scored(pre_logits: Tensor, post_logits: Tensor, labels: Tensor) -> Tensor:
-    """``KL(pre || post)`` summed over the vocabulary, averaged over scored positions.
+def kl_on_scored(pre_logits: Tensor, post_logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """``KL(pre || post)`` summed over the vocabulary, averaged (or summed) over scored
+    positions.
 
     The pre-edit distribution comes first (MEND's locality loss): the edit is penalised
     for moving probability mass away from what the unedited model predicted.
@@ -20,7 +21,8 @@ def kl_on_scored(pre_logits: Tensor, post_logits: Tensor, labels: Tensor) -> Ten
         return post_logits.sum() * 0.0
     pre = F.log_softmax(pre_logits[mask].float(), -1)
     post = F.log_softmax(post_logits[mask].float(), -1)
-    return (pre.exp() * (pre - post)).sum(-1).mean()
+    per_position = (pre.exp() * (pre - post)).sum(-1)
+    return per_position.sum() if reduction == "sum" else per_position.mean()
 
 
 @torch.no_grad()

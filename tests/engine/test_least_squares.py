@@ -1,0 +1,91 @@
+"""Least-squares aggregation: the solve, re-solving on select/concat, gradients."""
+
+import pytest
+import torch
+
+from mend import Edit, Editor, EditorConfig
+from mend.aggregation import solve_shift
+from tests.support.tiny_models import REQUESTS, tiny_model
+
+LS = EditorConfig(rank=16, edit_lr_init=1e-2, aggregation="least_squares")
+
+
+def _dense(delta):
+    return delta.v.T @ delta.u  # (d_out, d_in)
+
+
+@pytest.mark.parametrize("n", [3, 40])  # fewer rows than d_in (n x n solve) and more (dense)
+def test_solution_is_the_ridge_regression(n):
+    torch.manual_seed(0)
+    keys, shifts = torch.randn(n, 8), torch.randn(n, 12)
+    lam = torch.tensor(0.5)
+    got = _dense(solve_shift(keys, shifts, lam)).T  # (d_in, d_out)
+    expected = torch.linalg.solve(keys.T @ keys + lam * torch.eye(8), keys.T @ shifts)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_small_regulariser_maps_each_key_to_its_shift():
+    torch.manual_seed(0)
+    keys, shifts = torch.randn(4, 16), torch.randn(4, 6)
+    delta = solve_shift(keys, shifts, torch.tensor(1e-6))
+    assert torch.allclose(keys @ _dense(delta).T, shifts, atol=1e-3)
+
+
+def _editor(model):
+    torch.manual_seed(0)
+    editor = Editor.for_model(model, LS)
+    editor.fit_normalization(model, *REQUESTS["causal"])
+    return editor
+
+
+def test_select_and_concat_re_solve(tmp_path):
+    model = tiny_model("llama")
+    editor = _editor(model)
+    prompts, targets = REQUESTS["causal"]
+    both = editor.edit(model, prompts, targets, ["a", "b"])
+    assert both.aggregation == "least_squares"
+    alone = editor.edit(model, prompts[1:], targets[1:], ["b"])
+    name = model.targets[0].module_name
+    # Removing a request is a re-solve over the rest, which equals solving for it alone.
+    assert torch.allclose(both.select([1]).dense()[name], alone.dense()[name], atol=1e-5)
+    first = editor.edit(model, prompts[:1], targets[:1], ["a"])
+    joined = Edit.concat([first, alone])
+    assert torch.allclose(joined.dense()[name], both.dense()[name], atol=1e-5)
+    # ... and is not the sum of the two separate solves.
+    assert not torch.allclose(both.dense()[name], first.dense()[name] + alone.dense()[name], atol=1e-5)
+    both.save(tmp_path / "e")
+    loaded = Edit.load(tmp_path / "e", model)
+    assert loaded.aggregation == "least_squares"
+    assert torch.allclose(loaded.select([1]).dense()[name], alone.dense()[name], atol=1e-5)
+
+
+def test_least_squares_edit_applies_and_removes_exactly():
+    model = tiny_model("gpt2")
+    editor = _editor(model)
+    prompts, targets = REQUESTS["causal"]
+    batch = model.task.batch(prompts, targets)
+    with torch.no_grad():
+        before = model.task.logits(model.model, batch)
+    edit = editor.edit(model, prompts, targets)
+    with edit.applied(), torch.no_grad():
+        during = model.task.logits(model.model, batch)
+    with torch.no_grad():
+        after = model.task.logits(model.model, batch)
+    assert (during - before).abs().max() > 1e-4 and torch.equal(before, after)
+
+
+def test_meta_gradient_reaches_network_lrs_and_regularisers():
+    from mend.training.sampler import StepSampler
+    from mend.training.step import MetaStep
+    from tests.support.synthetic import synthetic_records
+
+    model = tiny_model("llama")
+    for p in model.model.parameters():
+        p.requires_grad_(False)
+    editor = _editor(model)
+    sampler = StepSampler(synthetic_records(8), model.task, n_edits=4, n_loc=2)
+    out = MetaStep(model, editor, 1.0, 1.0)(sampler.batch(0), update_stats=True)
+    out.loss.backward()
+    assert editor.log_lambdas.grad.abs().sum() > 0
+    assert editor.edit_lrs.grad.abs().sum() > 0
+    assert editor.nets["32x64"].blocks[0].up.grad.abs().sum() > 0
