@@ -88,28 +88,20 @@ def recover(queue: CorrectionQueue, versions: VersionStore, published: dict[str,
     return finished
 
 
-class _ActiveSet:
-    """The published corrections, hooked into the model while a run works on it."""
+class _Hooked:
+    """The edit currently hooked into the model during a run (one at a time)."""
 
-    def __init__(self, model: EditableModel, entries: list[ActiveEntry], edit: Edit | None):
+    def __init__(self, model: EditableModel, edit: Edit | None):
         self.model = model
-        self.entries = entries
-        self.edit = edit
-        if edit is not None:
-            edit.apply(model)
+        self.edit: Edit | None = None
+        self.swap(edit)
 
-    def ids(self) -> set[str]:
-        return {i for e in self.entries for i in e.ids}
-
-    def replace(self, entries: list[ActiveEntry], edit: Edit | None) -> None:
-        self.close()
-        self.entries, self.edit = entries, edit
-        if edit is not None:
-            edit.apply(self.model)
-
-    def close(self) -> None:
+    def swap(self, edit: Edit | None) -> None:
         if self.edit is not None and self.edit.state == "applied":
             self.edit.remove()
+        self.edit = edit
+        if edit is not None:
+            edit.apply(self.model)
 
 
 def apply_corrections(
@@ -126,6 +118,10 @@ def apply_corrections(
 
     ``details`` is recorded in each manifest (e.g. the editor's registry version);
     ``on_publish(version, manifest)`` runs after each publication (e.g. MLflow).
+
+    Each batch's edit is computed on the model as currently corrected and judged
+    combined with the active corrections exactly as it would be published: stacked for
+    summed edits, re-solved together for least-squares ones.
     """
     config = config or ApplyConfig()
     started = time.monotonic()
@@ -138,13 +134,17 @@ def apply_corrections(
         latest = versions.latest()
         entries = versions.active(latest)
         stored = versions.load_edit(entries)
-        active = _ActiveSet(model, entries, stored)
-        # Keep the factors of the active corrections in memory, keyed by id, so that each
-        # batch re-hooks them without reading the store again.
+        # The active corrections' factors, kept in memory by id, so that each batch
+        # combines them with its own edit without reading the store again.
         parts: dict[str, Edit] = {}
         if stored is not None:
             for index, request in enumerate(stored.requests):
                 parts[request.request_id] = stored.select([index])
+        hooked = _Hooked(model, stored)
+
+        def combined(new: Edit, replaced: set[str]) -> Edit:
+            return Edit.concat([*(p for cid, p in parts.items() if cid not in replaced), new])
+
         try:
             batch_index = 0
             while pending := queue.pending()[: config.batch_size]:
@@ -152,14 +152,15 @@ def apply_corrections(
                     break
                 batch_index += 1
                 lease.renew()
-                batch = _revalidate(queue, pending, model, config, active.ids(), published, report)
+                batch = _revalidate(queue, pending, model, config, published, report)
                 if not batch:
                     continue
                 log(f"batch {batch_index}: editing {len(batch)} corrections")
+                current = hooked.edit
                 pre = PreState(model, batch, probes)
                 edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch])
-                with edit.applied():
-                    metrics = correction_metrics(model, batch, pre)
+                hooked.swap(combined(edit, _superseded(parts, published, batch)))
+                metrics = correction_metrics(model, batch, pre)
                 accepted = []
                 for index, correction in enumerate(batch):
                     reason = verdict(config.policy, metrics[correction.id])
@@ -169,26 +170,28 @@ def apply_corrections(
                         queue.finish(correction, "rejected", reason=reason, metrics=metrics[correction.id])
                         report.rejected.append((correction.id, reason))
                 if not accepted:
-                    continue
-                part = edit.select(accepted)
-                with part.applied():
-                    regression = regression_agreement(model, probes, pre)
-                if regression < config.policy.min_regression:
-                    reason = f"batch changed the regression probes: agreement {regression:.3f} < {config.policy.min_regression}"
-                    for index in accepted:
-                        queue.finish(batch[index], "rejected", reason=reason, metrics=metrics[batch[index].id])
-                        report.rejected.append((batch[index].id, reason))
+                    hooked.swap(current)
                     continue
                 accepted_corrections = [batch[i] for i in accepted]
-                new_prompts = {c.prompt_key for c in accepted_corrections}
-                superseded = {i for i in active.ids() if published[i].prompt_key in new_prompts}
-                kept = [
-                    ActiveEntry(e.path, tuple(i for i in e.ids if i not in superseded)) for e in active.entries
-                ]
+                superseded = _superseded(parts, published, accepted_corrections)
+                part = edit.select(accepted)
+                full = combined(part, superseded)
+                hooked.swap(full)
+                regression = regression_agreement(model, probes, pre)
+                if regression < config.policy.min_regression:
+                    reason = (f"batch changed the regression probes: agreement {regression:.3f} "
+                              f"< {config.policy.min_regression}")
+                    for c in accepted_corrections:
+                        queue.finish(c, "rejected", reason=reason, metrics=metrics[c.id])
+                        report.rejected.append((c.id, reason))
+                    hooked.swap(current)
+                    continue
+                kept = [ActiveEntry(e.path, tuple(i for i in e.ids if i not in superseded)) for e in entries]
                 kept = [e for e in kept if e.ids]
                 manifest_details = {
                     **(details or {}),
                     "base_model": edit.base_model,
+                    "aggregation": edit.aggregation,
                     "added": [c.id for c in accepted_corrections],
                     "superseded": sorted(superseded),
                     "regression_agreement": regression,
@@ -197,7 +200,7 @@ def apply_corrections(
                         for c in accepted_corrections
                     },
                 }
-                version = versions.publish(latest, part, kept, manifest_details)
+                version = versions.publish(latest, part, kept, manifest_details, full_edit=full)
                 latest = version
                 log(f"published version {version} with {len(accepted)} new corrections")
                 for c in accepted_corrections:
@@ -206,19 +209,25 @@ def apply_corrections(
                     report.applied.append(c.id)
                 report.versions.append(version)
                 for cid in superseded:
-                    parts.pop(cid, None)
+                    parts.pop(cid)
                 for offset, c in enumerate(accepted_corrections):
                     parts[c.id] = part.select([offset])
-                active.replace(versions.active(version), Edit.concat(parts.values()) if parts else None)
+                entries = versions.active(version)
                 if on_publish is not None:
                     on_publish(version, versions.manifest(version))
         finally:
-            active.close()
+            hooked.swap(None)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _revalidate(queue, pending, model, config, active_ids, published, report) -> list[Correction]:
+def _superseded(parts: dict[str, Edit], published: dict[str, Published], new: list[Correction]) -> set[str]:
+    """Active corrections of the same prompts as ``new`` ones: a newer fix replaces them."""
+    prompts = {c.prompt_key for c in new}
+    return {cid for cid in parts if published[cid].prompt_key in prompts}
+
+
+def _revalidate(queue, pending, model, config, published, report) -> list[Correction]:
     """Checks that need the model, or may have changed since submission."""
     batch, seen = [], {}
     for correction in pending:

@@ -36,33 +36,71 @@ class AcceptancePolicy(BaseModel):
     min_regression: float = Field(0.95, ge=0, le=1, description="unchanged predictions on the regression probes")
 
 
+def _locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list[str], list[int]]:
+    """Every correction's locality probes flattened, with the owning correction's index."""
+    prompts, answers, owner = [], [], []
+    for i, c in enumerate(corrections):
+        for probe in c.locality:
+            prompts.append(probe.prompt)
+            answers.append(probe.answer)
+            owner.append(i)
+    return prompts, answers, owner
+
+
+def _predictions(model: EditableModel, prompts: list[str], answers: list[str], chunk: int = 64):
+    out = []
+    for start in range(0, len(prompts), chunk):
+        out += answer_predictions(model, prompts[start : start + chunk], answers[start : start + chunk])
+    return out
+
+
 class PreState:
     """Predictions of the model before a batch is edited in (for locality checks)."""
 
     def __init__(self, model: EditableModel, corrections: Sequence[Correction], probes: Sequence[LocalityProbe]):
-        self.locality = {
-            c.id: answer_predictions(model, [p.prompt for p in c.locality], [p.answer for p in c.locality])
-            for c in corrections
-            if c.locality
-        }
-        self.regression = (
-            answer_predictions(model, [p.prompt for p in probes], [p.answer for p in probes]) if probes else []
-        )
+        prompts, answers, self.owner = _locality_inputs(corrections)
+        self.locality = _predictions(model, prompts, answers)
+        self.regression = _predictions(model, [p.prompt for p in probes], [p.answer for p in probes])
 
 
-def correction_metrics(model: EditableModel, corrections: Sequence[Correction], pre: PreState) -> dict[str, dict]:
-    """Per correction, with the batch's edit applied: success, generalisation, locality."""
-    scores = score_targets(model, [c.prompt for c in corrections], [c.target for c in corrections])
-    out = {}
+def correction_metrics(
+    model: EditableModel, corrections: Sequence[Correction], pre: PreState, chunk: int = 64
+) -> dict[str, dict]:
+    """Per correction, with the batch's edit applied: success, generalisation, locality.
+
+    All corrections' prompts and rephrases are scored together, in chunks, not one
+    correction at a time.
+    """
+    texts, targets, owner, is_prompt = [], [], [], []
     for i, c in enumerate(corrections):
-        metrics = {"edit_success": scores.token_acc[i], "edit_exact": bool(scores.exact[i])}
-        if c.rephrases:
-            reph = score_targets(model, list(c.rephrases), [c.target] * len(c.rephrases))
-            metrics["generalization"] = sum(reph.token_acc) / len(reph.token_acc)
-        if c.locality:
-            post = answer_predictions(model, [p.prompt for p in c.locality], [p.answer for p in c.locality])
-            metrics["locality"] = agreement(pre.locality[c.id], post)[0]
-        out[c.id] = metrics
+        for text in (c.prompt, *c.rephrases):
+            texts.append(text)
+            targets.append(c.target)
+            owner.append(i)
+            is_prompt.append(text is c.prompt)
+    acc, exact = [], []
+    for start in range(0, len(texts), chunk):
+        scores = score_targets(model, texts[start : start + chunk], targets[start : start + chunk])
+        acc += scores.token_acc
+        exact += scores.exact
+    out = {c.id: {} for c in corrections}
+    rephrase_acc: dict[int, list[float]] = {}
+    for k, i in enumerate(owner):
+        if is_prompt[k]:
+            out[corrections[i].id].update(edit_success=acc[k], edit_exact=bool(exact[k]))
+        else:
+            rephrase_acc.setdefault(i, []).append(acc[k])
+    for i, values in rephrase_acc.items():
+        out[corrections[i].id]["generalization"] = sum(values) / len(values)
+    prompts, answers, loc_owner = _locality_inputs(corrections)
+    post = _predictions(model, prompts, answers)
+    per_owner: dict[int, tuple[list, list]] = {}
+    for k, i in enumerate(loc_owner):
+        before, after = per_owner.setdefault(i, ([], []))
+        before.append(pre.locality[k])
+        after.append(post[k])
+    for i, (before, after) in per_owner.items():
+        out[corrections[i].id]["locality"] = agreement(before, after)[0]
     return out
 
 

@@ -103,10 +103,14 @@ class VersionStore:
         new_delta: Edit | None,
         active: list[ActiveEntry],
         details: dict,
+        full_edit: Edit | None = None,
     ) -> int:
         """Publish version ``parent + 1``: its new delta (if any), the full edit as a PEFT
         adapter, and last the manifest. Raises :class:`VersionConflictError` if another run
-        published that number first."""
+        published that number first.
+
+        ``full_edit``, when the caller already holds the combined edit of ``active`` plus
+        ``new_delta`` in memory, saves reading every active delta back from the store."""
         version = (parent or 0) + 1
         attempt = f"{self._dir(version)}/{uuid.uuid4().hex[:12]}"
         entries = list(active)
@@ -117,7 +121,7 @@ class VersionStore:
                 entries.append(
                     ActiveEntry(f"{attempt}/delta", tuple(r.request_id for r in new_delta.requests))
                 )
-            full = self.load_edit(entries)
+            full = full_edit if full_edit is not None else self.load_edit(entries)
             files = {}
             if full is not None:
                 full.to_peft(Path(tmp) / "adapter", full.base_model.get("name"))

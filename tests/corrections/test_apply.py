@@ -131,3 +131,28 @@ def test_rollback_of_one_correction_leaves_the_others_answers(setup):
     assert sorted(versions.manifest(restored)["active_ids"]) == sorted(i["id"] for i in items)
     with pytest.raises(ValueError, match="not active"):
         rollback(queue, correction_ids=["no-such-id"])
+
+
+def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_path):
+    from mend import Editor, EditorConfig
+    from tests.support.synthetic import synthetic_records
+
+    model, _ = tiny_editing_setup()
+    torch.manual_seed(0)
+    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation="least_squares"))
+    records = synthetic_records(8, seed=99)
+    editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    items = correction_dicts(4)
+    queue.submit(items)
+    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    assert report.versions == [1, 2]
+    versions = VersionStore(queue.store)
+    full = versions.load_edit(versions.active(2))
+    assert full.aggregation == "least_squares" and len(full.requests) == 4
+    assert versions.manifest(2)["aggregation"] == "least_squares"
+    name = model.targets[0].module_name
+    rolled = rollback(queue, correction_ids=[items[0]["id"]])
+    after = versions.load_edit(versions.active(rolled))
+    keep = [i for i, r in enumerate(full.requests) if r.request_id != items[0]["id"]]
+    assert torch.allclose(after.dense()[name], full.select(keep).dense()[name], atol=1e-6)
