@@ -83,9 +83,11 @@ class Editor(nn.Module):
         """An untrained (identity) editor for ``model``'s target matrices."""
         config = config or EditorConfig()
         if config.patterns is not None:
+            source = model.source
             model = EditableModel.wrap(
                 model.model, model.tokenizer, name=model.name, kind=model.kind, patterns=config.patterns
             )
+            model.source = source
         return cls(config, model.targets, base_model_info(model))
 
     def editor_parameters(self) -> list[nn.Parameter]:
@@ -258,6 +260,7 @@ def base_model_info(model: EditableModel) -> dict:
     """What an editor or edit records about the model it was made for."""
     return {
         "name": model.name,
+        "source": model.source,
         "kind": model.kind,
         "model_type": model.model.config.model_type,
         "fingerprint": model.fingerprint(),

@@ -27,6 +27,9 @@ class EditableModel:
     kind: ModelKind
     targets: list[EditTarget]
     task: Task = field(repr=False)
+    # What EditableModel.load() was given (folder, .gguf, packaged or hub name), so that
+    # editors and published corrections can say how to load their base model again.
+    source: str | None = None
 
     @classmethod
     def wrap(
@@ -62,7 +65,9 @@ class EditableModel:
     ) -> EditableModel:
         """Load from a folder, a ``.gguf`` file, a packaged short name or a hub name."""
         model, tokenizer, name = load_pretrained(source, dtype=dtype, kind=kind)
-        return cls.wrap(model, tokenizer, name=name, kind=kind, patterns=patterns)
+        loaded = cls.wrap(model, tokenizer, name=name, kind=kind, patterns=patterns)
+        loaded.source = str(source)
+        return loaded
 
     @property
     def layouts(self) -> dict[str, Layout]:

@@ -1,0 +1,100 @@
+"""Batch-applying queued corrections on SmolLM2-135M.
+
+    python bench/apply_queue.py --editor runs/bench-zsre/train/best [--sizes 100,1000] [--batch-size 100]
+
+For N corrections (zsRE records: the 537 held-out ones first, then training records),
+the whole apply run (validation, edits, per-correction evaluation, regression probes,
+publishing versions with PEFT adapters, queue moves) is timed against the least work
+they need: one forward+backward per correction computing gradients only for the
+edited matrices (median of measured passes x N). Edit success is the token-level
+accuracy of every correction's target on its prompt with the final published version
+applied. Writes ``bench/results/apply_queue.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+import transformers
+
+from bench.common import median, timed, write_result
+from bench.corrections_data import as_corrections, zsre_records
+from bench.edit_latency import forward_backward
+from mend import EditableModel, Editor
+from mend.corrections import ApplyConfig, CorrectionQueue, VersionStore, apply_corrections
+from mend.evaluation.scoring import score_targets
+from mend.storage import open_store
+
+
+def fb_seconds(model: EditableModel, corrections: list[dict], samples: int = 30) -> float:
+    weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        times = [timed(forward_backward, model, weights, c["prompt"], c["target"]) for c in corrections[:samples]]
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+            w.grad = None
+    return median(times[3:])
+
+
+def run(model, editor, n: int, batch_size: int) -> dict:
+    corrections = as_corrections(zsre_records(n))
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = CorrectionQueue(open_store(tmp))
+        queue.submit(corrections)
+        report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=batch_size))
+        versions = VersionStore(queue.store)
+        final = versions.load_edit(versions.active(versions.latest())) if versions.latest() else None
+        success = []
+        chunk = 64
+        if final is not None:
+            final.apply(model)
+        try:
+            for start in range(0, n, chunk):
+                part = corrections[start : start + chunk]
+                success += score_targets(model, [c["prompt"] for c in part], [c["target"] for c in part]).token_acc
+        finally:
+            if final is not None:
+                final.remove()
+        return {
+            "wall_s": report.seconds,
+            "applied": len(report.applied),
+            "rejected": len(report.rejected),
+            "dead_lettered": len(report.dead_lettered),
+            "versions": len(report.versions),
+            "edit_success": sum(success) / len(success),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--editor", required=True)
+    parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    editor = Editor.load(args.editor).eval()
+    model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
+    for p in model.model.parameters():
+        p.requires_grad_(False)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    t_fb = fb_seconds(model, as_corrections(zsre_records(40)))
+    results = {"forward_backward_s": t_fb, "batch_size": args.batch_size, "editor": args.editor,
+               "aggregation": editor.config.aggregation}
+    for n in sizes:
+        out = run(model, editor, n, args.batch_size)
+        out["ratio"] = out["wall_s"] / (n * t_fb)
+        print(n, out)
+        results[f"ratio_{n}"] = round(out["ratio"], 3)
+        results[f"edit_success_{n}"] = round(out["edit_success"], 4)
+        results[f"details_{n}"] = out
+    write_result("apply_queue", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""1,000 corrections applied sequentially in batches of 10 through the corrections queue,
+each batch re-solved together with every active correction (least-squares editor).
+
+    python bench/edits_sequential.py --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
+
+At the end, with the final published version applied: token-level edit success over
+all corrections, and locality (unchanged argmax at their locality answers against the
+unedited model). Every correction is accepted (no policy), to measure the editing
+itself. Writes ``bench/results/edits_sequential.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import transformers
+
+from bench.common import write_result
+from bench.corrections_data import as_corrections, zsre_records
+from mend import EditableModel, Editor
+from mend.corrections import (
+    AcceptancePolicy,
+    ApplyConfig,
+    CorrectionQueue,
+    VersionStore,
+    apply_corrections,
+)
+from mend.evaluation.scoring import agreement, answer_predictions, score_targets
+from mend.storage import open_store
+
+ACCEPT_ALL = AcceptancePolicy(min_edit_success=0.0, require_exact=False, min_locality=0.0, min_regression=0.0)
+
+
+def _chunked(fn, prompts, answers, size=64):
+    out = []
+    for start in range(0, len(prompts), size):
+        out.append(fn(prompts[start : start + size], answers[start : start + size]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--editor", required=True)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=10)
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    editor = Editor.load(args.editor).eval()
+    model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
+    corrections = as_corrections(zsre_records(args.n))
+    loc_prompts = [c["locality"][0]["prompt"] for c in corrections]
+    loc_answers = [c["locality"][0]["answer"] for c in corrections]
+    before = [p for part in _chunked(lambda p, a: answer_predictions(model, p, a), loc_prompts, loc_answers)
+              for p in part]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = CorrectionQueue(open_store(tmp))
+        queue.submit(corrections)
+        started = time.monotonic()
+        report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=args.batch_size, policy=ACCEPT_ALL))
+        wall = time.monotonic() - started
+        versions = VersionStore(queue.store)
+        final = versions.load_edit(versions.active(versions.latest()))
+    with final.applied(model):
+        success = [a for part in _chunked(lambda p, t: score_targets(model, p, t).token_acc,
+                                          [c["prompt"] for c in corrections], [c["target"] for c in corrections])
+                   for a in part]
+        after = [p for part in _chunked(lambda p, a: answer_predictions(model, p, a), loc_prompts, loc_answers)
+                 for p in part]
+    locality, _ = agreement(before, after)
+    result = {
+        "edit_success": round(sum(success) / len(success), 4),
+        "locality": round(locality, 4),
+        "wall_s": round(wall, 1),
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "versions": len(report.versions),
+        "applied": len(report.applied),
+        "aggregation": editor.config.aggregation,
+        "editor": args.editor,
+    }
+    print(result)
+    write_result("edits_sequential", result)
+
+
+if __name__ == "__main__":
+    main()
