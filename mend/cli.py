@@ -3,6 +3,7 @@
     mend train configs/zsre-smollm2.yaml --set max_minutes=30
     mend eval --editor runs/zsre/best --data ../shared/data/zsre/zsre_mend_eval-dev-537.json
     mend edit --editor runs/zsre/best --prompt "The capital of France is" --target Rome
+    mend corrections submit|list|apply|rollback|show ...           # the corrections queue
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from mend.corrections.cli import app as corrections_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(corrections_app, name="corrections")
 console = Console()
 
 
