@@ -28,6 +28,12 @@ class EditorConfig(BaseModel):
         "sum",
         description="sum: MEND's summed rank-1 terms; least_squares: MALMEN's regularised solve",
     )
+    key_preconditioning: Literal["none", "covariance"] = Field(
+        "none",
+        description="covariance: multiply each u~ by (C/s + d I)^-1, C the second moment of the "
+        "matrix's inputs on generic text, so edits act on directions unusual for ordinary inputs",
+    )
+    precond_damping: float = Field(0.1, gt=0, description="d above, relative to the mean eigenvalue s")
     norm_eps: float = 1e-7
     patterns: list[str] | None = Field(
         None, description="module-name regexes of the edited matrices; None = family default"

@@ -76,6 +76,11 @@ class Editor(nn.Module):
         if config.aggregation == "least_squares":
             # log of each matrix's ridge regulariser (MALMEN initialises lambda at 1).
             self.log_lambdas = nn.Parameter(torch.zeros(len(self.targets)))
+        if config.key_preconditioning == "covariance":
+            # Identity until fit_key_covariance() has seen generic text; saved with the editor.
+            for i, target in enumerate(self.targets):
+                self.register_buffer(f"key_precond_{i}", torch.eye(target.d_in))
+            self.register_buffer("key_precond_fitted", torch.zeros((), dtype=torch.bool))
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -140,8 +145,12 @@ class Editor(nn.Module):
             start = 0
             for name, part in zip(names, parts, strict=True):
                 stop = start + part.rows
-                lr = self.edit_lrs[self._lr_index[name]]
-                deltas[name] = LowRankDelta(u_t[start:stop], -lr * delta_t[start:stop], part.example)
+                index = self._lr_index[name]
+                lr = self.edit_lrs[index]
+                u_rows = u_t[start:stop]
+                if self.config.key_preconditioning == "covariance":
+                    u_rows = u_rows @ getattr(self, f"key_precond_{index}")
+                deltas[name] = LowRankDelta(u_rows, -lr * delta_t[start:stop], part.example)
                 start = stop
         return deltas
 
@@ -192,6 +201,39 @@ class Editor(nn.Module):
                         [torch.cat([capture.factors[n].u, capture.factors[n].delta], -1) for n in names]
                     ).float()
                 )
+
+    @torch.no_grad()
+    def fit_key_covariance(self, model: EditableModel, texts: Sequence[str], batch_size: int = 16) -> None:
+        """Estimate each edited matrix's input second moment ``C`` on generic ``texts`` and
+        store the preconditioner ``(1 + d) (C / s + d I)^-1`` (``s`` = mean eigenvalue).
+
+        The preconditioner shrinks directions every ordinary input has (as MEMIT's key
+        covariance does) and is the identity for isotropic inputs.
+        """
+        if self.config.key_preconditioning != "covariance":
+            raise ValueError("this editor is configured without key preconditioning")
+        from mend.capture import record_layer_io
+
+        sums = {t.module_name: torch.zeros(t.d_in, t.d_in, dtype=torch.float64) for t in self.targets}
+        count = 0
+        tok = model.tokenizer
+        for start in range(0, len(texts), batch_size):
+            enc = tok(list(texts[start : start + batch_size]), return_tensors="pt", padding=True).to(model.device)
+            mask = enc["attention_mask"].bool()
+            with torch.no_grad(), record_layer_io(model.model, list(sums)) as records:
+                model.model(**enc)
+            for name, (x, _) in records.items():
+                rows = x.detach()[mask].double().cpu()
+                sums[name] += rows.T @ rows
+            count += int(mask.sum())
+        damping = self.config.precond_damping
+        for i, target in enumerate(self.targets):
+            second = sums[target.module_name] / max(count, 1)
+            scale = second.trace() / target.d_in
+            eye = torch.eye(target.d_in, dtype=torch.float64)
+            precond = (1 + damping) * torch.linalg.inv(second / scale + damping * eye)
+            getattr(self, f"key_precond_{i}").copy_(precond.float())
+        self.key_precond_fitted.fill_(True)
 
     # -- compatibility ----------------------------------------------------------------
     def check_model(self, model: EditableModel, strict: bool = True) -> None:

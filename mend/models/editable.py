@@ -50,6 +50,8 @@ class EditableModel:
             else:
                 kind = "causal"
         name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # batching needs one; never a scored label
         return cls(
             model, tokenizer, name, kind, find_targets(model, patterns), task_for(model, tokenizer, kind)
         )

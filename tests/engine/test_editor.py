@@ -124,3 +124,18 @@ def test_editor_refuses_mismatched_shapes():
     model = EditableModel.wrap(wider, tiny_tokenizer())
     with pytest.raises(IncompatibleModelError, match=r"\(32, 48\)"):
         editor.check_model(model)
+
+
+def test_key_preconditioning_shrinks_common_directions(tmp_path):
+    model = tiny_model("llama")
+    config = EditorConfig(rank=8, key_preconditioning="covariance", precond_damping=0.1)
+    editor = Editor.for_model(model, config)
+    texts = ["The capital of France is Paris.", "Who wrote Hamlet? William Shakespeare.", "Water boils at 100 degrees."]
+    editor.fit_key_covariance(model, texts * 4)
+    assert bool(editor.key_precond_fitted)
+    precond = editor.key_precond_0
+    assert torch.allclose(precond, precond.T, atol=1e-4)
+    eigen = torch.linalg.eigvalsh(precond.double())
+    assert eigen.min() > 0 and eigen.max() / eigen.min() > 1.5  # not the identity any more
+    editor.save(tmp_path / "ed")
+    assert torch.equal(Editor.load(tmp_path / "ed").key_precond_0, precond)
