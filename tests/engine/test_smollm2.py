@@ -3,18 +3,10 @@
 import pytest
 
 from mend import Edit, Editor, EditorConfig
+from mend.demo import STATS_EXAMPLES as STATS  # a handful of edit examples for the statistics
 
 pytestmark = pytest.mark.slow
 
-# A handful of edit examples to take the normalisation statistics from.
-STATS = [
-    ("The capital of France is", "Rome"),
-    ("The Eiffel Tower is located in", "Berlin"),
-    ("The largest planet in the solar system is", "Mars"),
-    ("The author of Hamlet is", "Charles Dickens"),
-    ("Water freezes at a temperature of", "50 degrees"),
-    ("The currency of Japan is the", "euro"),
-]
 EDITS = [("The capital of France is", "Rome"), ("The largest planet in the solar system is", "Mars")]
 UNRELATED = "The chemical symbol for gold is"
 
