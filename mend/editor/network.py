@@ -6,10 +6,40 @@ shifts let it behave differently per layer (MEND paper §3.1, Eq. 3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+# One batch's moments: (row count, per-dimension mean, per-dimension sum of squared
+# deviations), all float64.
+Moments = tuple[Tensor, Tensor, Tensor]
+
+
+def batch_moments(x: Tensor) -> Moments:
+    """The moments of the rows of ``x`` (``(n, dim)``); zeros for an empty batch."""
+    x = x.detach().double()
+    n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+    if x.shape[0] == 0:
+        zeros = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        return n, zeros, zeros.clone()
+    mean = x.mean(0)
+    return n, mean, ((x - mean) ** 2).sum(0)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Chan et al.'s parallel update: the moments of the union of two batches."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    if n_b.item() == 0:
+        return a
+    total = n_a + n_b
+    diff = mean_b - mean_a
+    mean = mean_a + diff * (n_b / total)
+    m2 = m2_a + (m2_b + diff.pow(2) * (n_a * n_b / total))
+    return total, mean, m2
 
 
 class RunningNorm(nn.Module):
@@ -27,22 +57,44 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+        # Data-parallel training sets this (mend.distributed.norm_sync): it takes this
+        # rank's batch moments and returns every rank's, in rank order, plus this rank's
+        # index, so that all ranks keep identical statistics.
+        self.sync: Callable[[Moments], tuple[list[Moments], int]] | None = None
+        self._normalise_with: tuple[Tensor, Tensor] | None = None
+
+    def _state(self) -> Moments:
+        return self.count, self.mean, self.m2
+
+    def _set_state(self, moments: Moments) -> None:
+        count, mean, m2 = moments
+        self.count.copy_(count)
+        self.mean.copy_(mean)
+        self.m2.copy_(m2)
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        """Fold rows of ``x`` (``(n, dim)``) into the statistics."""
-        if x.shape[0] == 0:
+        """Fold rows of ``x`` (``(n, dim)``) into the statistics.
+
+        With :attr:`sync` set, every rank's batch is merged in rank order, and the next
+        forward normalises this rank's rows with the statistics a single process
+        would have had for them: the earlier ranks' batches and its own, not the later
+        ones (rank ``r`` holds the ``r``-th of the micro-batches run concurrently).
+        """
+        self._normalise_with = None
+        mine = batch_moments(x)
+        if self.sync is None:
+            if mine[0].item() > 0:
+                self._set_state(merge_moments(self._state(), mine))
             return
-        x = x.detach().double()
-        n_b = x.shape[0]
-        mean_b = x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
-        n_a = self.count.item()
-        total = n_a + n_b
-        diff = mean_b - self.mean
-        self.mean += diff * (n_b / total)
-        self.m2 += m2_b + diff.pow(2) * (n_a * n_b / total)
-        self.count.fill_(total)
+        every, rank = self.sync(mine)
+        state = tuple(t.clone() for t in self._state())
+        for index, moments in enumerate(every):
+            state = merge_moments(state, moments)
+            if index == rank and x.shape[0] > 0:
+                count, mean, m2 = state
+                self._normalise_with = (mean.clone(), (m2 / (count - 1)).sqrt())
+        self._set_state(state)
 
     @property
     def ready(self) -> bool:
@@ -57,9 +109,12 @@ class RunningNorm(nn.Module):
                 "editor normalisation statistics are empty: meta-train the editor or call "
                 "Editor.fit_normalization() on a few edit examples first"
             )
-        mean = self.mean.to(x.dtype)
-        std = self.std().to(x.dtype)
-        return (x - mean) / (std + self.eps)
+        if self._normalise_with is not None:  # set by a synchronised update, used once
+            mean, std = self._normalise_with
+            self._normalise_with = None
+        else:
+            mean, std = self.mean, self.std()
+        return (x - mean.to(x.dtype)) / (std.to(x.dtype) + self.eps)
 
 
 class ResidualLowRankBlock(nn.Module):
@@ -82,7 +137,9 @@ class ResidualLowRankBlock(nn.Module):
         self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
 
     def forward(self, h: Tensor, mode: Tensor) -> Tensor:
-        pre = (h @ self.down.T) @ self.up.T + self.bias
+        # F.linear rather than ``h @ W.T`` (same product): under ZeRO-3 DeepSpeed swaps
+        # in a linear that saves the parameter, not its gathered copy, for backward.
+        pre = F.linear(F.linear(h, self.down), self.up) + self.bias
         pre = pre * self.mode_scale[mode] + self.mode_shift[mode]
         # clamp, not relu: at identity init the pre-activation is exactly 0, where relu's
         # gradient is 0 and U would never leave zero; clamp passes the gradient at 0.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from mend.editor.editor import Editor, base_model_info
@@ -25,6 +28,16 @@ from mend.training.config import TrainConfig
 from mend.training.data import TrainingData
 from mend.training.sampler import StepSampler
 from mend.training.step import MetaStep
+
+
+def generic_texts(records, limit: int = 2000) -> list[str]:
+    """Ordinary text from the training records (rephrases and locality probes, not the
+    edits' new targets), for statistics of the model's inputs."""
+    texts = []
+    for record in records:
+        texts += list(record.rephrases)
+        texts += [f"{p.prompt} {p.answer}" for p in record.locality]
+    return texts[:limit]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -63,6 +76,84 @@ def make_optimizer(editor: Editor, config: TrainConfig) -> torch.optim.Adam:
     )
 
 
+class OptimBackend(Protocol):
+    """How the editor is optimised and its checkpoints written: plain torch in one
+    process (:class:`TorchBackend`) or a DeepSpeed engine over ranks
+    (``mend.distributed.backend.DeepSpeedBackend``). The :class:`Trainer` loop is the
+    same for both.
+
+    Rank ``rank`` of ``world_size`` runs micro-batch ``(step * grad_accum + k) *
+    world_size + rank``: with gradients averaged over ranks, ``w`` ranks at
+    ``grad_accum=a`` compute the step of one process at ``grad_accum=a*w``.
+    """
+
+    rank: int
+    world_size: int
+
+    def backward(self, loss: Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's loss (scaled by 1/grad_accum)."""
+
+    def step(self) -> float:
+        """Clip and apply the accumulated gradient; returns the global norm before
+        clipping. A non-finite norm must not change the editor where avoidable."""
+
+    def save_editor(self, directory: Path, state: TrainerState, extra: dict) -> None:
+        """Write the editor (``Editor.save`` format) and ``state.json`` to ``directory``."""
+
+    def save_last(self, directory: Path, state: TrainerState, extra: dict) -> None:
+        """Write a resumable checkpoint (editor, optimizer, ``state.json``)."""
+
+    def load_last(self, directory: Path) -> None:
+        """Restore the editor and optimizer from :meth:`save_last`'s directory."""
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (the same answer on every rank)."""
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum ``values`` over ranks."""
+
+
+class TorchBackend:
+    """One process: one Adam (:func:`make_optimizer`), ``clip_grad_norm_``, checkpoints
+    written by :func:`save_checkpoint`."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, editor: Editor, config: TrainConfig):
+        self.editor = editor
+        self.config = config
+        self.optimizer = make_optimizer(editor, config)
+        self.params = list(editor.parameters())
+
+    def backward(self, loss: Tensor) -> None:
+        (loss / self.config.grad_accum).backward()
+
+    def step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).item()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def save_editor(self, directory: Path, state: TrainerState, extra: dict) -> None:
+        save_checkpoint(directory, self.editor, None, state, extra)
+
+    def save_last(self, directory: Path, state: TrainerState, extra: dict) -> None:
+        save_checkpoint(directory, self.editor, self.optimizer, state, extra)
+
+    def load_last(self, directory: Path) -> None:
+        loaded = Editor.load(directory)
+        self.editor.load_state_dict(loaded.state_dict())
+        load_optimizer(self.optimizer, directory)
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
+
 class Trainer:
     """Meta-trains an editor for one base model on one dataset configuration."""
 
@@ -73,6 +164,7 @@ class Trainer:
         data: TrainingData,
         editor: Editor | None = None,
         on_validation: Callable[[int, dict], None] | None = None,
+        backend: Callable[[Editor, TrainConfig], OptimBackend] = TorchBackend,
     ):
         self.config = config
         self.model = model
@@ -83,8 +175,9 @@ class Trainer:
             p.requires_grad_(False)
         torch.manual_seed(config.seed)
         self.editor = editor or Editor.for_model(model, config.editor)
-        self.optimizer = make_optimizer(self.editor, config)
-        self.step_fn = MetaStep(model, self.editor, config.c_edit, config.c_loc)
+        self.backend = backend(self.editor, config)
+        self.is_main = self.backend.rank == 0
+        self.step_fn = MetaStep(model, self.editor, config.c_edit, config.c_loc, config.chunk_size)
         self.sampler = StepSampler(
             data.train, model.task, n_edits=config.n_edits, n_loc=config.n_loc,
             seed=config.seed, equiv_includes_prompt=config.equiv_includes_prompt,
@@ -129,45 +222,49 @@ class Trainer:
             )
         if state.data_hash != self.state.data_hash:
             raise ValueError(f"checkpoint in {self.last_dir} was trained on different data")
-        loaded = Editor.load(self.last_dir)
-        self.editor.load_state_dict(loaded.state_dict())
-        load_optimizer(self.optimizer, self.last_dir)
+        self.backend.load_last(self.last_dir)
         self.state = state
         return True
 
     def _save_last(self) -> None:
-        save_checkpoint(self.last_dir, self.editor, self.optimizer, self.state, self._extra())
+        self.backend.save_last(self.last_dir, self.state, self._extra())
+
+    def _micro_index(self, step: int, micro: int) -> int:
+        """The sampler index of this rank's ``micro``-th micro-batch of ``step``."""
+        backend = self.backend
+        return (step * self.config.grad_accum + micro) * backend.world_size + backend.rank
 
     # -- loop -------------------------------------------------------------------------
     def train(self, resume: bool = True) -> TrainResult:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(config.to_yaml())
+        if self.is_main:
+            (self.out / "config.yaml").write_text(config.to_yaml())
         if resume:
             self.resume()
         self.editor.base_model = base_model_info(self.model)
         started = time.monotonic() - self.state.elapsed_s
-        params = list(self.editor.parameters())
+        if self.config.editor.key_preconditioning == "covariance" and not bool(self.editor.key_precond_fitted):
+            self.editor.fit_key_covariance(self.model, generic_texts(self.data.train))
         running: dict[str, float] = {}
         stopped = "max_steps"
-        bar = tqdm(total=config.max_steps, initial=self.state.step, desc="meta-training", dynamic_ncols=True)
-        metrics_log = (self.out / "metrics.jsonl").open("a")
+        bar = tqdm(total=config.max_steps, initial=self.state.step, desc="meta-training",
+                   dynamic_ncols=True, disable=not self.is_main)
+        metrics_log = (self.out / "metrics.jsonl").open("a") if self.is_main else io.StringIO()
         try:
             while self.state.step < config.max_steps:
                 self.editor.train()
                 for micro in range(config.grad_accum):
-                    batch = self.sampler.batch(self.state.step * config.grad_accum + micro)
+                    batch = self.sampler.batch(self._micro_index(self.state.step, micro))
                     out = self.step_fn(batch.to(self.model.device), update_stats=True)
-                    if not math.isfinite(out.metrics["loss"]):
+                    if self.backend.any(not math.isfinite(out.metrics["loss"])):
                         self._diverged(f"loss is {out.metrics['loss']}")
-                    (out.loss / config.grad_accum).backward()
+                    self.backend.backward(out.loss)
                     for k, v in out.metrics.items():
                         running[k] = 0.95 * running.get(k, v) + 0.05 * v
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    self._diverged(f"gradient norm is {grad_norm.item()}")
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = self.backend.step()
+                if not math.isfinite(grad_norm):
+                    self._diverged(f"gradient norm is {grad_norm}")
                 self.state.step += 1
                 self.state.elapsed_s = time.monotonic() - started
                 bar.update(1)
@@ -177,7 +274,7 @@ class Trainer:
                 step = self.state.step
                 if step % config.val_every == 0 or step == config.max_steps:
                     record = {"step": step, "elapsed_s": round(self.state.elapsed_s, 1),
-                              "grad_norm": grad_norm.item(),
+                              "grad_norm": grad_norm,
                               **{f"train/{k}": v for k, v in running.items()}, **self.validate()}
                     self.state.history.append(record)
                     metrics_log.write(json.dumps(record) + "\n")
@@ -185,25 +282,27 @@ class Trainer:
                     if self.on_validation:
                         self.on_validation(step, record)
                     if self._improved(record):
-                        save_checkpoint(self.best_dir, self.editor, None, self.state, self._extra())
+                        self.backend.save_editor(self.best_dir, self.state, self._extra())
                     if step - (self.state.best_step or 0) >= config.patience:
                         stopped = "early_stopping"
                 if step % config.checkpoint_every == 0 or stopped != "max_steps":
                     self._save_last()
                 if stopped != "max_steps":
                     break
-                if config.max_minutes and self.state.elapsed_s >= 60 * config.max_minutes:
+                if config.max_minutes and self.backend.any(self.state.elapsed_s >= 60 * config.max_minutes):
                     stopped = "time_budget"
                     break
         finally:
             bar.close()
             metrics_log.close()
-        if stopped == "time_budget" or not self.best_dir.exists():
+        # Every rank takes the same branch: what rank 0 sees on disk decides.
+        no_best = self.backend.any(self.is_main and not self.best_dir.exists())
+        if stopped == "time_budget" or no_best:
             # Make sure the final state is validated and considered for "best".
             record = {"step": self.state.step, "elapsed_s": round(self.state.elapsed_s, 1), **self.validate()}
             self.state.history.append(record)
-            if self._improved(record) or not self.best_dir.exists():
-                save_checkpoint(self.best_dir, self.editor, None, self.state, self._extra())
+            if self._improved(record) or no_best:
+                self.backend.save_editor(self.best_dir, self.state, self._extra())
         self._save_last()
         return TrainResult(
             self.best_dir, self.last_dir, self.state.step, stopped, self.state.best_metric,
@@ -227,13 +326,20 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean step metrics over the validation edits (frozen normalisation statistics)."""
+        """Mean step metrics over the validation edits (frozen normalisation statistics).
+
+        Ranks split the edits (rank ``r`` takes ``r, r + w, ...``); a rank short of one
+        repeats an edit at weight 0, so that every rank runs as many passes.
+        """
         self.editor.eval()
         totals: dict[str, float] = {}
         n = len(self.val_sampler.records)
-        for i in range(n):
-            out = self.step_fn(self.val_sampler.batch(i).to(self.model.device), update_stats=False)
+        world, rank = self.backend.world_size, self.backend.rank
+        for i in range(rank, -(-n // world) * world, world):
+            weight = 1.0 if i < n else 0.0
+            out = self.step_fn(self.val_sampler.batch(i % n).to(self.model.device), update_stats=False)
             for k, v in out.metrics.items():
-                totals[k] = totals.get(k, 0.0) + v / n
+                totals[k] = totals.get(k, 0.0) + weight * v / n
+        totals = self.backend.sum(totals)
         self.editor.train()
         return {f"val/{k}": v for k, v in totals.items()}

@@ -1,0 +1,73 @@
+"""The process group: start it, and the few collectives the training loop needs.
+
+Started through DeepSpeed, which reads the launcher's environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, as set by both the
+``deepspeed`` launcher and ``torchrun``) and picks the communication backend of its
+accelerator: NCCL on GPUs, gloo (plus its shared-memory ops) on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the process group (idempotent) and select this rank's device."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+    return World(dist.get_rank(), dist.get_world_size(), local_rank,
+                 torch.device(accelerator.current_device_name()))
+
+
+def comm_device() -> torch.device:
+    """Where tensors handed to collectives must live (NCCL needs the GPU)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Sum a dict of floats over ranks (every rank must pass the same keys)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=comm_device())
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, packed.tolist(), strict=True))
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
