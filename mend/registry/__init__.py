@@ -1,0 +1,1 @@
+"""The MLflow model registry side of the pipeline (:mod:`mend.registry.mlflow_registry`)."""

@@ -1,0 +1,1 @@
+"""Serving editors: the MLflow pyfunc model (:mod:`mend.serving.pyfunc`)."""
