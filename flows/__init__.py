@@ -1,4 +1,4 @@
-"""Prefect flows of the retraining pipeline: thin wrappers over ``mend.pipeline``.
+"""Prefect flows: thin wrappers over ``mend.pipeline``, ``mend.corrections`` and ``mend.registry``.
 
     prepare_data      flows/prepare_data.py:prepare_data
     train_editor      flows/train_editor.py:train_editor
@@ -6,6 +6,7 @@
     register          flows/register.py:register
     promote           flows/promote.py:promote
     retrain_pipeline  flows/retrain_pipeline.py:retrain_pipeline (all of the above)
+    apply_corrections flows/apply_corrections.py:apply_corrections (the corrections queue)
 
 ``python -m flows`` runs the whole pipeline; ``python -m flows.<step>`` one step.
 """

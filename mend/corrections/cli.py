@@ -107,7 +107,7 @@ def apply(
     ed = Editor.load(editor).eval()
     lm = EditableModel.load(model or ed.base_model.get("source") or "smollm2-135m", patterns=ed.config.patterns)
     report = apply_corrections(_queue(store, prefix), lm, ed, settings,
-                               details={"editor": str(editor)}, log=console.print)
+                               details={"editor": {"path": str(editor)}}, log=console.print)
     console.print(f"published versions {report.versions}: {len(report.applied)} applied, "
                   f"{len(report.rejected)} rejected, {len(report.dead_lettered)} dead-lettered "
                   f"({report.seconds:.1f}s)")
