@@ -41,6 +41,12 @@ class TrainConfig(BaseModel):
     model: str = Field("smollm2-135m", description="folder, .gguf file, packaged or hub name")
     dtype: str = "float32"
     editor: EditorConfig = EditorConfig(down_init="xavier")
+    init_editor: str | None = Field(
+        None,
+        description="start from this saved editor's weights, statistics and edit lrs (e.g. the "
+        "champion, to fine-tune it for least-squares aggregation); what the new config adds "
+        "(the least-squares regularisers) keeps its initial value",
+    )
     data: DataConfig
     seed: int = 0
 

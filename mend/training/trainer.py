@@ -154,6 +154,31 @@ class TorchBackend:
         return values
 
 
+def initial_editor(model: EditableModel, config: TrainConfig) -> Editor:
+    """A fresh editor for ``config.editor``, warm-started from ``config.init_editor`` if set."""
+    editor = Editor.for_model(model, config.editor)
+    if config.init_editor is None:
+        return editor
+    source = Editor.load(config.init_editor)
+    source.check_model(model, strict=True)
+    mismatched = [
+        field for field in ("rank", "n_blocks", "token_mode", "share_by_shape", "key_preconditioning")
+        if getattr(source.config, field) != getattr(config.editor, field)
+    ]
+    if mismatched:
+        raise ValueError(
+            f"init_editor {config.init_editor} differs from the configured editor in {mismatched}: "
+            "only the aggregation (and settings without weights) may change"
+        )
+    result = editor.load_state_dict(source.state_dict(), strict=False)
+    if result.unexpected_keys or any(not k.startswith("log_lambdas") for k in result.missing_keys):
+        raise ValueError(
+            f"init_editor {config.init_editor} does not fit: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    return editor
+
+
 class Trainer:
     """Meta-trains an editor for one base model on one dataset configuration."""
 
@@ -174,7 +199,7 @@ class Trainer:
         for p in model.model.parameters():  # the base model is frozen
             p.requires_grad_(False)
         torch.manual_seed(config.seed)
-        self.editor = editor or Editor.for_model(model, config.editor)
+        self.editor = editor or initial_editor(model, config)
         self.backend = backend(self.editor, config)
         self.is_main = self.backend.rank == 0
         self.step_fn = MetaStep(model, self.editor, config.c_edit, config.c_loc, config.chunk_size)

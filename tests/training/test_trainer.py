@@ -128,3 +128,23 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     for index, state in a["state"].items():
         for key, value in state.items():
             assert torch.equal(value, b["state"][index][key])
+
+
+def test_init_editor_warm_starts_a_least_squares_editor_from_a_summed_one(tmp_path):
+    model = tiny_model("llama")
+    source = Trainer(_config(tmp_path / "sum", max_steps=10, val_every=10), model, _data())
+    result = source.train(resume=False)
+    trained = Editor.load(result.best_dir)
+
+    ls = _config(tmp_path / "ls", init_editor=str(result.best_dir), n_edits=4,
+                 editor={"rank": 32, "down_init": "xavier", "edit_lr_init": 1e-4, "aggregation": "least_squares"})
+    warm = Trainer(ls, model, _data()).editor
+    assert warm.least_squares
+    for key, value in trained.state_dict().items():
+        assert torch.equal(warm.state_dict()[key], value), key
+    assert torch.equal(warm.log_lambdas.detach(), torch.zeros_like(warm.log_lambdas))
+
+    other = _config(tmp_path / "bad", init_editor=str(result.best_dir),
+                    editor={"rank": 16, "down_init": "xavier", "edit_lr_init": 1e-4})
+    with pytest.raises(ValueError, match="rank"):
+        Trainer(other, model, _data())
