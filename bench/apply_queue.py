@@ -1,6 +1,6 @@
 """Batch-applying queued corrections on SmolLM2-135M.
 
-    python bench/apply_queue.py --editor runs/bench-zsre/train/best [--sizes 100,1000] [--batch-size 100]
+    python -m bench.apply_queue --editor runs/bench-zsre/train/best [--sizes 100,1000] [--batch-size 100]
 
 For N corrections (zsRE records: the 537 held-out ones first, then training records),
 the whole apply run (validation, edits, per-correction evaluation, regression probes,

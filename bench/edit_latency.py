@@ -2,7 +2,7 @@
 any gradient-based edit needs, one forward+backward computing gradients only for the
 edited matrices, on the same example, in the same process.
 
-    python bench/edit_latency.py [--editor DIR] [--examples 10] [--repeats 5]
+    python -m bench.edit_latency [--editor DIR] [--examples 10] [--repeats 5]
 
 Writes ``bench/results/edit_latency.json`` with ``ratio`` (median edit time / median
 forward+backward time) and the raw times.

@@ -1,9 +1,9 @@
 """Edit quality on SmolLM2-135M: meta-train an editor (or load one), then evaluate MEND,
 FT and FT+L under the same evaluation on held-out records.
 
-    python bench/edit_quality.py zsre          # -> bench/results/zsre_smollm2.json
-    python bench/edit_quality.py counterfact   # -> bench/results/counterfact_smollm2.json
-    python bench/edit_quality.py zsre --editor runs/zsre-smollm2/best --limit 100
+    python -m bench.edit_quality zsre          # -> bench/results/zsre_smollm2.json
+    python -m bench.edit_quality counterfact   # -> bench/results/counterfact_smollm2.json
+    python -m bench.edit_quality zsre --editor runs/zsre-smollm2/best --limit 100
 
 Per-edit JSONL records and the aggregate JSON of every method go to
 ``runs/bench-<dataset>/eval``; the results file holds the summary the issue asks for.
@@ -110,7 +110,7 @@ def main() -> None:
         "eval_data": "zsre_mend_eval-dev-537.json" if args.suite == "zsre" else "counterfact_rome_500.json minus training cases",
         "train_data_hash": data.train_hash,
         "editor": str(args.editor or (out / "train" / "best")),
-        "command": f"python bench/edit_quality.py {args.suite}" + (f" --editor {args.editor}" if args.editor else ""),
+        "command": f"python -m bench.edit_quality {args.suite}" + (f" --editor {args.editor}" if args.editor else ""),
     })
 
 

@@ -1,6 +1,6 @@
 """Many simultaneous edits on SmolLM2-135M: summed (MEND) vs least-squares (MALMEN) aggregation.
 
-    python bench/edits_scaling.py --sum-editor runs/bench-zsre/train/best \\
+    python -m bench.edits_scaling --sum-editor runs/bench-zsre/train/best \\
         --ls-editor runs/bench-ls/train/best [--ks 1,10,100,1000]
 
 For k simultaneous edits, zsRE records are edited in groups of k (the 537 held-out

@@ -1,7 +1,7 @@
 """1,000 corrections applied sequentially in batches of 10 through the corrections queue,
 each batch re-solved together with every active correction (least-squares editor).
 
-    python bench/edits_sequential.py --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
+    python -m bench.edits_sequential --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
 
 At the end, with the final published version applied: token-level edit success over
 all corrections, and locality (unchanged argmax at their locality answers against the

@@ -5,8 +5,8 @@ change ``dW`` and run the model functionally with ``W + dW`` (full passes for ev
 input). Ours hooks the low-rank factors into the forward pass and shares the unedited
 prefix between the pre- and post-edit passes. Same model, batch, editor and optimiser.
 
-    python bench/train_step.py            # both measurements, writes bench/results/train_step.json
-    python bench/train_step.py --quick    # fewer repetitions
+    python -m bench.train_step            # both measurements, writes bench/results/train_step.json
+    python -m bench.train_step --quick    # fewer repetitions
 
 * time: SmolLM2-135M, median seconds per step (1 edit, its rephrase + the prompt,
   5 locality inputs, rank-1920 editors);
