@@ -39,13 +39,15 @@ def rollback(
             entries = [ActiveEntry(e.path, tuple(i for i in e.ids if i not in drop)) for e in current]
             entries = [e for e in entries if e.ids]
         kept = {i for e in entries for i in e.ids}
-        base = versions.manifest(latest).get("base_model", {})
+        parent = versions.manifest(latest)
+        base = parent.get("base_model", {})
         return versions.publish(
             latest,
             None,
             entries,
             {
                 "base_model": base,
+                "aggregation": parent.get("aggregation", "sum"),
                 "added": [],
                 "corrections": {},
                 "rollback": {

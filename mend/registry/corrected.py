@@ -5,6 +5,7 @@ one version of the registered model ``mend-corrected-<model>``, whose alias
 ``current`` follows the newest. Each carries its lineage as tags::
 
     corrections.version   corrections.store   corrections.parent   corrections.kind
+    corrections.active    corrections.aggregation
     editor.model_name     editor.version      editor.run_id
     base_model.name       base_model.fingerprint
 
@@ -113,6 +114,7 @@ def register_corrected_version(
         "corrections.parent": str(manifest.get("parent")),
         "corrections.kind": "rollback" if "rollback" in manifest else "apply",
         "corrections.active": str(len(manifest["active_ids"])),
+        "corrections.aggregation": str(manifest.get("aggregation", "sum")),
         "base_model.name": str(manifest.get("base_model", {}).get("name", "")),
         "base_model.fingerprint": str(manifest.get("base_model", {}).get("fingerprint", "")),
     }

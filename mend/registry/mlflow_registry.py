@@ -3,7 +3,7 @@
 One registered model per base model (``mend-editor-<model>`` by default). Every
 version carries tags a team filters on::
 
-    base_model.fingerprint  base_model.name  base_model.source
+    base_model.fingerprint  base_model.name  base_model.source   editor.aggregation
     dataset.hash            dataset.input_hash   code.version   train.config_hash
     promotion.decision      promotion.reason     promotion.compared_to   (set by promote)
 
@@ -131,6 +131,8 @@ def log_candidate(
         "dataset.input_hash": manifest["input_hash"],
         "code.version": code_version(),
         "train.config_hash": training.get("config_hash", ""),
+        # sum (MEND) or least_squares (MALMEN): how the apply flow will combine corrections.
+        "editor.aggregation": editor_meta.get("config", {}).get("aggregation", "sum"),
     }
     all_tags = {**tags, **(version_tags or {})}
     params = {

@@ -31,14 +31,16 @@ QUESTIONS = ["Who wrote Hamlet?", "The capital of France is", "Water boils at"]
 
 
 @pytest.fixture
-def deployment(tmp_path, tiny_model_dir, prefect_server):
-    """A registry whose champion is an (identity) editor for the tiny model, and an empty queue."""
+def deployment(request, tmp_path, tiny_model_dir, prefect_server):
+    """A registry whose champion is an (identity) editor for the tiny model, and an empty
+    queue; ``request.param`` (indirect parametrisation) picks the editor's aggregation."""
+    aggregation = getattr(request, "param", "sum")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     experiment = client.create_experiment("editors", artifact_location=(tmp_path / "mlartifacts").as_uri())
     model = EditableModel.load(tiny_model_dir)
-    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2))
+    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation=aggregation))
     records = synthetic_records(8, seed=99)
     editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
     editor.save(tmp_path / "editor")
@@ -57,8 +59,10 @@ def run_flow(config):
                       apply={"batch_size": 2, "policy": LENIENT.model_dump()})
 
 
-def test_flow_publishes_registers_and_serves_the_corrections(deployment):
+@pytest.mark.parametrize("deployment", ["sum", "least_squares"], indirect=True)
+def test_flow_publishes_registers_and_serves_the_corrections(deployment, request):
     config, client, queue, model = deployment
+    aggregation = request.node.callspec.params["deployment"]
     items = correction_dicts(4)
     queue.submit([*items, {"id": "broken", "prompt": "", "target": "x"}])
 
@@ -74,6 +78,9 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment):
     assert tags["editor.alias"] == "champion"
     assert tags["base_model.fingerprint"] == model.fingerprint()
     assert tags["corrections.version"] == "2" and tags["corrections.kind"] == "apply"
+    # The champion's aggregation is the one the flow used (least squares: one re-solve).
+    published = VersionStore(queue.store).manifest(2)["aggregation"]
+    assert tags["corrections.aggregation"] == published == aggregation
     manifest = mlflow.artifacts.load_dict(f"runs:/{current.run_id}/manifest.json")
     assert sorted(manifest["active_ids"]) == sorted(i["id"] for i in items)
 
@@ -109,7 +116,7 @@ def test_rerun_is_a_no_op_and_rollbacks_are_registered_with_lineage(deployment):
     rolled = client.get_model_version_by_alias(CORRECTED, "current")
     assert str(rolled.version) == "3"
     assert rolled.tags["corrections.kind"] == "rollback" and rolled.tags["editor.version"] == "1"
-    assert rolled.tags["corrections.active"] == "2"
+    assert rolled.tags["corrections.active"] == "2" and rolled.tags["corrections.aggregation"] == "sum"
     assert "source was wrong" in rolled.description
 
 
