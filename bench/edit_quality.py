@@ -4,6 +4,7 @@ FT and FT+L under the same evaluation on held-out records.
     python -m bench.edit_quality zsre          # -> bench/results/zsre_smollm2.json
     python -m bench.edit_quality counterfact   # -> bench/results/counterfact_smollm2.json
     python -m bench.edit_quality zsre --editor runs/zsre-smollm2/best --limit 100
+    python -m bench.edit_quality counterfact --set init_editor=runs/bench-zsre/train/best
 
 Per-edit JSONL records and the aggregate JSON of every method go to
 ``runs/bench-<dataset>/eval``; the results file holds the summary the issue asks for.
@@ -16,6 +17,7 @@ import json
 import time
 
 import transformers
+import yaml
 
 from bench.common import ROOT, SHARED_DATA, write_result
 from mend.data import load_counterfact, load_zsre
@@ -56,13 +58,16 @@ def main() -> None:
     parser.add_argument("--editor", help="evaluate this editor instead of training one")
     parser.add_argument("--limit", type=int, help="evaluate the first N held-out records")
     parser.add_argument("--methods", default="mend,ft,ft_l")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training config field, e.g. --set max_minutes=10 (repeatable)")
     parser.add_argument("--batch-k", type=int, default=10, help="also evaluate k simultaneous and k sequential MEND edits (0: skip)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     suite = SUITES[args.suite]
     out = ROOT / "runs" / f"bench-{args.suite}"
 
-    config = TrainConfig.from_yaml(suite["config"], {"output_dir": str(out / "train")})
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    config = TrainConfig.from_yaml(suite["config"], {**overrides, "output_dir": str(out / "train")})
     data = load_training_data(config.data, config.seed)
     model = EditableModel.load(config.model, dtype=config.dtype, patterns=config.editor.patterns)
 
@@ -110,7 +115,10 @@ def main() -> None:
         "eval_data": "zsre_mend_eval-dev-537.json" if args.suite == "zsre" else "counterfact_rome_500.json minus training cases",
         "train_data_hash": data.train_hash,
         "editor": str(args.editor or (out / "train" / "best")),
-        "command": f"python -m bench.edit_quality {args.suite}" + (f" --editor {args.editor}" if args.editor else ""),
+        "command": " ".join(["python -m bench.edit_quality", args.suite]
+                            + ([f"--editor {args.editor}"] if args.editor else [])
+                            + [f"--set {item}" for item in args.overrides]),
+        "init_editor": config.init_editor,
     })
 
 
