@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--sum-editor", required=True)
     parser.add_argument("--ls-editor", required=True)
     parser.add_argument("--ks", default="1,10,100,1000")
+    parser.add_argument("--max-records", type=int, help="cap the records evaluated per k (quick runs; at least k)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     ks = [int(k) for k in args.ks.split(",")]
@@ -44,12 +45,16 @@ def main() -> None:
         if editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
         for k in ks:
-            records = zsre_records(max(RECORDS_FOR_K.get(k, k), k))
+            wanted = RECORDS_FOR_K.get(k, k)
+            if args.max_records:
+                wanted = min(wanted, args.max_records)
+            records = zsre_records(max(wanted, k))
             report = evaluate(MendMethod(editor), model, records, mode="batch", k=k, generate=False)
             results[mode][str(k)] = {key: round(report.summary[key], 4) for key in KEYS}
             results[mode][str(k)]["n_records"] = len(records)
             print(mode, k, results[mode][str(k)], flush=True)
-    write_result("edits_scaling", {**results, "editors": {"sum": args.sum_editor, "least_squares": args.ls_editor}})
+    write_result("edits_scaling", {**results, "editors": {"sum": args.sum_editor, "least_squares": args.ls_editor},
+                                   "ks": ks, "max_records": args.max_records})
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key in zip(axes, KEYS, strict=True):
