@@ -50,12 +50,29 @@ class Lease:
             remaining = held["expires_at"] - time.time()
             raise LeaseHeldError(f"{self.key} is held by {held['owner']} for another {remaining:.0f}s")
         takeover = f"{self.key}.takeover-{held['generation']}"
-        if not self.store.put_if_absent(takeover, self.owner.encode()):
+        if not self.store.put_if_absent(takeover, self._payload(held["generation"])):
+            self._clear_stale(takeover)
             raise LeaseHeldError(f"{self.key} expired and was just taken over by another run")
         self.generation = held["generation"] + 1
         self.store.put_bytes(self.key, self._payload(self.generation))
         self.store.delete(takeover)
         return self
+
+    def _clear_stale(self, takeover: str) -> None:
+        """Remove a takeover marker whose writer died before finishing the takeover.
+
+        Without this, a run killed between creating the marker and deleting it would
+        block the queue forever. Deleting a marker another run has just renewed is
+        harmless: versions are published with put_if_absent regardless of the lease.
+        """
+        try:
+            marker = json.loads(self.store.get_bytes(takeover))
+        except ArtifactNotFoundError:
+            return
+        except ValueError:  # not ours to read (an older format): treat as stale
+            marker = {}
+        if not isinstance(marker, dict) or marker.get("expires_at", 0) <= time.time():
+            self.store.delete(takeover)
 
     def held(self) -> bool:
         try:

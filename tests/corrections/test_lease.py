@@ -25,3 +25,16 @@ def test_context_manager_releases(tmp_path):
     with Lease(store, "locks/x.json") as lease:
         assert lease.held()
     assert Lease(store, "locks/x.json").acquire().held()
+
+
+def test_a_takeover_left_half_done_by_a_killed_run_does_not_block_forever(tmp_path):
+    store = open_store(tmp_path)
+    Lease(store, "locks/apply.json", ttl_s=0.3).acquire()
+    time.sleep(0.4)  # the holder died; a run starts taking over and is killed mid-way
+    dying = Lease(store, "locks/apply.json", ttl_s=0.3)
+    store.put_if_absent("locks/apply.json.takeover-1", dying._payload(1))
+    time.sleep(0.4)
+    with pytest.raises(LeaseHeldError, match="taken over"):  # the dead marker is cleared...
+        Lease(store, "locks/apply.json", ttl_s=5).acquire()
+    lease = Lease(store, "locks/apply.json", ttl_s=5).acquire()  # ...so the next try wins
+    assert lease.held() and not store.exists("locks/apply.json.takeover-1")
