@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
@@ -21,7 +19,7 @@ from mend.corrections import CorrectionQueue, VersionStore, rollback
 from mend.models.editable import EditableModel
 from mend.serving.pyfunc import log_editor_model
 from mend.storage import open_store
-from tests.registry.mlflow_server import free_port
+from tests.registry.mlflow_server import free_port, http_process
 from tests.support.corrections import LENIENT, correction_dicts
 from tests.support.synthetic import synthetic_records
 
@@ -135,39 +133,18 @@ def test_mlflow_models_serve_answers_over_http(deployment, tmp_path):
     run_flow(config)
     port = free_port()
     # mlflow runs `uvicorn` by name: the environment's bin folder must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"],
+    env = {"MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"],
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{CORRECTED}@current",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{CORRECTED}@current",
+            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with http_process(argv, tmp_path, f"{url}/ping", env, timeout=180, log_name="serve.log"):
         body = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[q] for q in QUESTIONS]},
                            "params": {"max_new_tokens": 3}}).encode()
         request = urllib.request.Request(f"{url}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answers = [row["answer"] for row in json.loads(response.read())["predictions"]]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     versions = VersionStore(queue.store)
     with versions.load_edit(versions.active(versions.latest())).applied(model):
         assert answers == [a.strip() for a in model.generate(QUESTIONS, 3)]
