@@ -6,17 +6,32 @@ other edits' terms.
 
 ``least_squares`` is MALMEN's (Tan et al., ICLR 2024): every edited token ``j`` asks for
 the shift its own MEND term would make to its output, ``d_j = -lr * (u_j . u~_j)
-delta~_j``, and the change is the regularised least-squares solution that maps each key
-``u_j`` to its shift: ``S = argmin ||U S - D||^2 + lambda ||S||^2 = (U^T U + lambda
-I)^-1 U^T D`` (``d_in x d_out``; ``y = W x + S^T x``).
+delta~_j``, and the change ``S`` (``d_in x d_out``; ``y = W x + S^T x``) is the
+regularised least-squares solution mapping each key ``u_j`` to its shift:
 
-Representation: ``S = P D`` with ``P = (U^T U + lambda I)^-1 U^T``, so the change is the
-low-rank pair (``u = P^T``, ``v = D``) of rank n (edited tokens), computed through the
-n x n system ``(U U^T + lambda I)^-1 U`` when n is small; when n exceeds the matrix's
-narrower side the dense ``S`` is cheaper and is written as a low-rank pair with an
-identity factor (rank ``min(d_in, d_out)``). Either way apply, remove, merge and PEFT
-export work unchanged, and both are differentiable in ``D`` and ``lambda``, so
-meta-training backpropagates through the solve.
+    S = argmin ||U S - D||^2 + lambda * t * tr(S^T M S) = (U^T U + lambda t M)^-1 U^T D
+
+Two choices keep this stable from one edit to thousands (MALMEN's plain ``lambda I``
+with lambda near 1 is tiny next to raw key energies, so with as many rows as key
+dimensions the solve interpolates and wrecks unrelated outputs):
+
+- ``t = tr(U^T U) / d_in`` scales the penalty with the rows' own energy: lambda is
+  relative, the ratio of "unrelated change" to "average edit residual", whatever the
+  number of edits or the layer's activation scale.
+- ``M`` is the second moment of the matrix's inputs on generic text (damped,
+  mean eigenvalue 1; the identity when the editor has no key covariance). The penalty
+  ``tr(S^T M S)`` is then the change ordinary inputs would see, as in MEMIT: directions
+  every input shares are protected, unusual ones are free.
+
+The editor stores ``P = M^-1`` (its key preconditioner), which is what the solve uses.
+
+Representation: ``S = P U^T (U P U^T + lambda t I)^-1 D``, the low-rank pair
+(``u = (U P U^T + lambda t I)^-1 U P``, ``v = D``) of rank n (edited tokens), when n is
+at most the matrix's narrower side; past it the dense ``S = P (U^T U P + lambda t
+I)^-1 U^T D`` is cheaper and is written as a low-rank pair with an identity factor
+(rank ``min(d_in, d_out)``). Either way apply, remove, merge and PEFT export work
+unchanged, and both are differentiable in ``D`` and ``lambda``, so meta-training
+backpropagates through the solve.
 """
 
 from __future__ import annotations
@@ -34,57 +49,74 @@ class KeyShifts:
     """What a least-squares change is solved from, kept so it can be re-solved.
 
     One row per edited token: its key (layer input), the shift its output should get,
-    and the request it belongs to. Adding or removing requests is a new solve over the
-    remaining rows, never a stack of deltas.
+    and the request it belongs to; plus the matrix's relative regulariser and key
+    penalty (``precond = M^-1``, None for the identity). Adding or removing requests is a
+    new solve over the remaining rows, never a stack of deltas.
     """
 
     keys: Tensor  # (n, d_in)
     shifts: Tensor  # (n, d_out)
     example: Tensor  # (n,)
-    lam: Tensor  # () regulariser
+    lam: Tensor  # () relative regulariser
+    precond: Tensor | None = None  # (d_in, d_in)
+
+    def with_rows(self, keys: Tensor, shifts: Tensor, example: Tensor) -> KeyShifts:
+        """Other rows, same regulariser and penalty."""
+        return KeyShifts(keys, shifts, example, self.lam, self.precond)
 
     def select(self, keep: Tensor) -> KeyShifts:
-        return KeyShifts(self.keys[keep], self.shifts[keep], self.example[keep], self.lam)
+        return self.with_rows(self.keys[keep], self.shifts[keep], self.example[keep])
+
+    def renumber(self, example: Tensor) -> KeyShifts:
+        return self.with_rows(self.keys, self.shifts, example)
 
     def detach(self) -> KeyShifts:
-        return KeyShifts(self.keys.detach(), self.shifts.detach(), self.example, self.lam.detach())
+        precond = None if self.precond is None else self.precond.detach()
+        return KeyShifts(self.keys.detach(), self.shifts.detach(), self.example, self.lam.detach(), precond)
 
     def solve(self) -> LowRankDelta:
-        return solve_shift(self.keys, self.shifts, self.lam)
+        return solve_shift(self.keys, self.shifts, self.lam, self.precond)
 
     @staticmethod
     def cat(parts: list[KeyShifts]) -> KeyShifts:
-        return KeyShifts(
+        return parts[0].with_rows(
             torch.cat([p.keys for p in parts]),
             torch.cat([p.shifts for p in parts]),
             torch.cat([p.example for p in parts]),
-            parts[0].lam,
         )
 
 
-def solve_shift(keys: Tensor, shifts: Tensor, lam: Tensor) -> LowRankDelta:
+def solve_shift(keys: Tensor, shifts: Tensor, lam: Tensor, precond: Tensor | None = None) -> LowRankDelta:
     """The least-squares change mapping each key row to its shift row, as a LowRankDelta.
 
-    ``keys`` (n, d_in) are the layer inputs (un-normalised), ``shifts`` (n, d_out).
-    Rows of the result no longer belong to single requests (the solve couples them), so
-    ``example`` is -1 throughout.
+    ``keys`` (n, d_in) are the layer inputs (un-normalised), ``shifts`` (n, d_out),
+    ``lam`` the relative regulariser and ``precond`` the inverse key penalty ``M^-1``
+    (None: identity); see the module docstring. Rows of the result no longer belong to
+    single requests (the solve couples them), so ``example`` is -1 throughout.
     """
     keys = keys.float()
     n, d_in = keys.shape
     d_out = shifts.shape[1]
-    eye = torch.eye
     if n == 0:
         return LowRankDelta(keys.new_zeros(0, d_in), shifts.new_zeros(0, d_out), torch.zeros(0, dtype=torch.long))
+    # The rows' mean energy per dimension: keys come from the frozen model, not trained.
+    ridge = lam * (keys.detach().square().sum() / d_in)
+    weighted = keys if precond is None else keys @ precond  # U P
     if n <= min(d_in, d_out):
-        gram = keys @ keys.T + lam * eye(n, dtype=keys.dtype, device=keys.device)
-        u = torch.linalg.solve(gram, keys)  # (U U^T + lam I)^-1 U = P^T
+        gram = weighted @ keys.T + ridge * torch.eye(n, dtype=keys.dtype, device=keys.device)
+        u = torch.linalg.solve(gram, weighted)  # (U P U^T + lam t I)^-1 U P
         v = shifts
     else:
-        gram = keys.T @ keys + lam * eye(d_in, dtype=keys.dtype, device=keys.device)
-        dense = torch.linalg.solve(gram, keys.T @ shifts)  # S: (d_in, d_out)
+        eye = torch.eye(d_in, dtype=keys.dtype, device=keys.device)
+        # (U^T U + lam t M)^-1 = P (U^T U P + lam t I)^-1, solved in double: n >> d_in
+        # rows make U^T U P badly scaled.
+        system = (keys.T @ weighted).double() + ridge.double() * eye.double()
+        dense = torch.linalg.solve(system, (keys.T @ shifts.float()).double()).float()
+        if precond is not None:
+            dense = precond @ dense  # S: (d_in, d_out)
         if d_in <= d_out:
-            u, v = eye(d_in, dtype=dense.dtype, device=dense.device), dense
+            u, v = eye, dense
         else:
-            u, v = dense.T, eye(d_out, dtype=dense.dtype, device=dense.device)
+            u, v = dense.T, torch.eye(d_out, dtype=dense.dtype, device=dense.device)
     rows = u.shape[0]
     return LowRankDelta(u, v, torch.full((rows,), -1, dtype=torch.long, device=u.device))

@@ -22,8 +22,24 @@ from mend.aggregation import KeyShifts
 from mend.deltas import DeltaHooks, LowRankDelta, add_to_weights
 from mend.models.editable import EditableModel
 from mend.models.targets import Layout
+from mend.storage.checksum import sha256_file
 
-EDIT_FORMAT = "mend-edit/1"
+# 2: least-squares regularisers are relative to the keys' energy and carry a key
+# penalty. Summed edits are unchanged since 1.
+EDIT_FORMAT = "mend-edit/2"
+READABLE_FORMATS = {"mend-edit/1", EDIT_FORMAT}
+PENALTY_FILE = "penalty.safetensors"
+
+
+def _read_penalties(directory: Path, penalty: dict | None) -> dict[str, torch.Tensor]:
+    if penalty is None:
+        return {}
+    path = directory / penalty["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} needs its key penalty file {penalty['file']} (sha256 {penalty['sha256']})")
+    if sha256_file(path) != penalty["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 recorded in edit.json")
+    return load_file(path)
 State = Literal["detached", "applied", "merged"]
 
 
@@ -166,7 +182,7 @@ class Edit:
             offset = 0
             for e in edits:
                 for name, ks in e.memory.items():
-                    shifted = KeyShifts(ks.keys, ks.shifts, ks.example + offset, ks.lam)
+                    shifted = ks.renumber(ks.example + offset)
                     memories.setdefault(name, []).append(shifted)
                 offset += len(e.requests)
             memory = {name: KeyShifts.cat(parts) for name, parts in memories.items()}
@@ -191,7 +207,7 @@ class Edit:
             memory = {}
             for name, ks in self.memory.items():
                 kept = ks.select(remap[ks.example] >= 0)
-                memory[name] = KeyShifts(kept.keys, kept.shifts, remap[kept.example], kept.lam)
+                memory[name] = kept.renumber(remap[kept.example])
             return Edit.from_key_shifts(memory, self.layouts, requests, self.base_model, self.model)
         deltas = {}
         for name, delta in self.deltas.items():
@@ -210,6 +226,7 @@ class Edit:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
         lambdas = {}
+        penalties = {}
         if self.memory is None:
             for name, delta in self.deltas.items():
                 d = delta.detach()
@@ -222,11 +239,21 @@ class Edit:
                 tensors[f"{name}.shifts"] = ks.shifts.detach().contiguous().cpu()
                 tensors[f"{name}.key_example"] = ks.example.contiguous().cpu()
                 lambdas[name] = float(ks.lam)
+                if ks.precond is not None:
+                    penalties[name] = ks.precond.detach().contiguous().cpu()
+                lambdas[name] = float(ks.lam)
         save_file(tensors, directory / "edit.safetensors")
+        penalty = None
+        if penalties:
+            # The key penalties belong to the editor, not to the requests: a separate file
+            # (the largest one) that a store can keep once for many edits, by its hash.
+            save_file(penalties, directory / PENALTY_FILE)
+            penalty = {"file": PENALTY_FILE, "sha256": sha256_file(directory / PENALTY_FILE)}
         meta = {
             "format": EDIT_FORMAT,
             "aggregation": self.aggregation,
             "lambdas": lambdas,
+            "penalty": penalty,
             "base_model": self.base_model,
             "layouts": self.layouts,
             "modules": list(self.deltas),
@@ -240,15 +267,23 @@ class Edit:
         """Read an edit written by :meth:`save`; ``model`` binds it for ``apply()``."""
         directory = Path(directory)
         meta = json.loads((directory / "edit.json").read_text())
-        if meta.get("format") != EDIT_FORMAT:
-            raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={meta.get('format')})")
+        fmt = meta.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={fmt})")
+        if fmt != EDIT_FORMAT and meta.get("aggregation") == "least_squares":
+            raise ValueError(
+                f"{directory} is a {fmt} least-squares edit, solved with an absolute regulariser: "
+                "compute it again with its editor"
+            )
         tensors = load_file(directory / "edit.safetensors")
         requests = [EditRequest(**r) for r in meta["requests"]]
         if meta.get("aggregation") == "least_squares":
+            penalties = _read_penalties(directory, meta.get("penalty"))
             memory = {
                 name: KeyShifts(
                     tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],
                     torch.tensor(lam),
+                    penalties.get(name),
                 )
                 for name, lam in meta["lambdas"].items()
             }

@@ -10,7 +10,9 @@ to are garbage and are removed by :meth:`VersionStore.collect_garbage`.
 
 A manifest lists the *active* corrections as references to the delta files of the
 versions that added them, so a correction's low-rank factors are stored once, and
-rolling one back is a new manifest without it.
+rolling one back is a new manifest without it. A least-squares delta's key penalties
+(the editor's, the same for every batch and by far its largest file) are kept once per
+content hash under ``penalties/`` and fetched next to each delta on load.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class VersionStore:
             for index, entry in enumerate(entries):
                 local = Path(tmp) / str(index)
                 self.store.download_dir(entry.path, local)
+                self._fetch_penalty(local)
                 edit = Edit.load(local)
                 keep = [i for i, r in enumerate(edit.requests) if r.request_id in set(entry.ids)]
                 if len(keep) != len(entry.ids):
@@ -96,6 +99,25 @@ class VersionStore:
                     raise ValueError(f"{entry.path} lacks corrections {sorted(missing)}")
                 parts.append(edit.select(keep))
         return Edit.concat(parts) if parts else None
+
+    def _penalty_key(self, sha256: str) -> str:
+        return f"{self.root}/penalties/{sha256}.safetensors"
+
+    def _share_penalty(self, delta_dir: Path) -> None:
+        """Move a saved delta's penalty file to its content-addressed key (once)."""
+        penalty = json.loads((delta_dir / "edit.json").read_text()).get("penalty")
+        if penalty is None:
+            return
+        path = delta_dir / penalty["file"]
+        key = self._penalty_key(penalty["sha256"])
+        if not self.store.exists(key):
+            self.store.put_file(key, path)
+        path.unlink()
+
+    def _fetch_penalty(self, delta_dir: Path) -> None:
+        penalty = json.loads((delta_dir / "edit.json").read_text()).get("penalty")
+        if penalty is not None and not (delta_dir / penalty["file"]).exists():
+            self.store.get_file(self._penalty_key(penalty["sha256"]), delta_dir / penalty["file"])
 
     def publish(
         self,
@@ -117,6 +139,7 @@ class VersionStore:
         with tempfile.TemporaryDirectory() as tmp:
             if new_delta is not None and new_delta.requests:
                 new_delta.save(Path(tmp) / "delta")
+                self._share_penalty(Path(tmp) / "delta")
                 self.store.upload_dir(Path(tmp) / "delta", f"{attempt}/delta")
                 entries.append(
                     ActiveEntry(f"{attempt}/delta", tuple(r.request_id for r in new_delta.requests))
@@ -172,3 +195,6 @@ class VersionStore:
         for entry in manifest["active"]:
             for name in ("edit.json", "edit.safetensors"):
                 self.store.info(f"{entry['path']}/{name}")
+            penalty = self.store.get_json(f"{entry['path']}/edit.json").get("penalty")
+            if penalty is not None and self.store.info(self._penalty_key(penalty["sha256"])).sha256 != penalty["sha256"]:
+                raise ValueError(f"version {version}: key penalty {penalty['sha256']} is corrupt")

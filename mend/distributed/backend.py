@@ -46,10 +46,7 @@ def make_engine_optimizer(editor: Editor, config: TrainConfig, setup: ZeroSetup)
     if setup.offload_optimizer and setup.raw.get("zero_force_ds_cpu_optimizer", True):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        groups = [
-            {"params": editor.editor_parameters(), "lr": config.lr},
-            {"params": [editor.edit_lrs], "lr": config.lr_edit_lrs},
-        ]
+        groups = editor.param_groups(config.lr, config.lr_edit_lrs, config.lr_lambdas)
         return DeepSpeedCPUAdam(groups, adamw_mode=False)
     return make_optimizer(editor, config)
 

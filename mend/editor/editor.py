@@ -96,8 +96,19 @@ class Editor(nn.Module):
         return cls(config, model.targets, base_model_info(model))
 
     def editor_parameters(self) -> list[nn.Parameter]:
-        """Network weights and regularisers (trained at the editor lr)."""
-        return [p for n, p in self.named_parameters() if n != "edit_lrs"]
+        """Network weights (trained at the editor lr)."""
+        return [p for n, p in self.named_parameters() if n not in ("edit_lrs", "log_lambdas")]
+
+    def param_groups(self, lr: float, lr_edit_lrs: float, lr_lambdas: float) -> list[dict]:
+        """Optimiser groups: networks, edit lrs and (least squares) log-regularisers each
+        at their own rate; scalars on a log or 1e-4 scale need rates of their own to move."""
+        groups = [
+            {"params": self.editor_parameters(), "lr": lr},
+            {"params": [self.edit_lrs], "lr": lr_edit_lrs},
+        ]
+        if self.least_squares:
+            groups.append({"params": [self.log_lambdas], "lr": lr_lambdas})
+        return groups
 
     @property
     def least_squares(self) -> bool:
@@ -121,7 +132,8 @@ class Editor(nn.Module):
             index = self._lr_index[name]
             # term.v = -lr * delta~, so the shift -lr (u . u~) delta~ is (u . u~) * term.v.
             shifts = (factors[name].u.float() * term.u).sum(-1, keepdim=True) * term.v
-            out[name] = KeyShifts(factors[name].u.float(), shifts, term.example, self.log_lambdas[index].exp())
+            precond = getattr(self, f"key_precond_{index}") if self.config.key_preconditioning == "covariance" else None
+            out[name] = KeyShifts(factors[name].u.float(), shifts, term.example, self.log_lambdas[index].exp(), precond)
         return out
 
     def _transform(self, factors: dict[str, Factors], update_stats: bool) -> dict[str, LowRankDelta]:

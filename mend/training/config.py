@@ -50,10 +50,12 @@ class TrainConfig(BaseModel):
     data: DataConfig
     seed: int = 0
 
-    # Optimisation. One Adam over two parameter groups (network at `lr`, edit lrs at
-    # `lr_edit_lrs`): a single step/zero_grad pair, so the edit lrs are really trained.
+    # Optimisation. One Adam over the parameter groups (network at `lr`, edit lrs at
+    # `lr_edit_lrs`, least-squares log-regularisers at `lr_lambdas`): a single
+    # step/zero_grad pair, so the edit lrs and regularisers are really trained.
     lr: float = 1e-4
     lr_edit_lrs: float = 1e-4
+    lr_lambdas: float = Field(1e-2, gt=0, description="lr of the least-squares log-regularisers")
     c_edit: float = Field(0.1, ge=0, description="weight of the post-edit NLL on equivalence inputs")
     c_loc: float = Field(1.0, ge=0, description="weight of KL(pre || post) on locality answers")
     n_edits: int = Field(1, ge=1, description="simultaneous edits per step")

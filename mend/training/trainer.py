@@ -63,13 +63,11 @@ def config_hash(config: TrainConfig) -> str:
 
 
 def make_optimizer(editor: Editor, config: TrainConfig) -> torch.optim.Adam:
-    """One Adam, two groups. MEND's separate lr optimiser stepped after ``zero_grad`` had
-    cleared the edit lrs' gradients, so it never moved them; one optimiser cannot."""
+    """One Adam over the editor's groups. MEND's separate lr optimiser stepped after
+    ``zero_grad`` had cleared the edit lrs' gradients, so it never moved them; one
+    optimiser cannot."""
     return torch.optim.Adam(
-        [
-            {"params": editor.editor_parameters(), "lr": config.lr},
-            {"params": [editor.edit_lrs], "lr": config.lr_edit_lrs},
-        ],
+        editor.param_groups(config.lr, config.lr_edit_lrs, config.lr_lambdas),
         # The fused kernel is ~7x faster than the default loop on CPU for these 4M-entry
         # matrices (measured here); it is also what runs on GPUs.
         fused=True,

@@ -133,15 +133,21 @@ def test_rollback_of_one_correction_leaves_the_others_answers(setup):
         rollback(queue, correction_ids=["no-such-id"])
 
 
-def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_path):
+@pytest.mark.parametrize("preconditioning", ["none", "covariance"])
+def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_path, preconditioning):
     from mend import Editor, EditorConfig
     from tests.support.synthetic import synthetic_records
 
     model, _ = tiny_editing_setup()
     torch.manual_seed(0)
-    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation="least_squares"))
+    config = EditorConfig(
+        rank=16, edit_lr_init=5e-2, aggregation="least_squares", key_preconditioning=preconditioning
+    )
+    editor = Editor.for_model(model, config)
     records = synthetic_records(8, seed=99)
     editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    if preconditioning == "covariance":
+        editor.fit_key_covariance(model, [r.prompt for r in records])
     queue = CorrectionQueue(open_store(tmp_path / "store"))
     items = correction_dicts(4)
     queue.submit(items)
@@ -156,3 +162,7 @@ def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_pa
     after = versions.load_edit(versions.active(rolled))
     keep = [i for i, r in enumerate(full.requests) if r.request_id != items[0]["id"]]
     assert torch.allclose(after.dense()[name], full.select(keep).dense()[name], atol=1e-6)
+    # The editor's key penalties are stored once, whatever the number of batches.
+    penalties = queue.store.list(f"{versions.root}/penalties/")
+    assert len(penalties) == (1 if preconditioning == "covariance" else 0)
+    versions.verify(rolled)

@@ -15,13 +15,44 @@ def _dense(delta):
 
 
 @pytest.mark.parametrize("n", [3, 40])  # fewer rows than d_in (n x n solve) and more (dense)
-def test_solution_is_the_ridge_regression(n):
+@pytest.mark.parametrize("with_penalty", [False, True])
+def test_solution_is_the_relative_ridge_regression(n, with_penalty):
     torch.manual_seed(0)
-    keys, shifts = torch.randn(n, 8), torch.randn(n, 12)
+    keys, shifts = torch.randn(n, 8) * 5, torch.randn(n, 12)
     lam = torch.tensor(0.5)
-    got = _dense(solve_shift(keys, shifts, lam)).T  # (d_in, d_out)
-    expected = torch.linalg.solve(keys.T @ keys + lam * torch.eye(8), keys.T @ shifts)
+    a = torch.randn(8, 8)
+    penalty = a @ a.T / 8 + 0.1 * torch.eye(8) if with_penalty else torch.eye(8)
+    precond = torch.linalg.inv(penalty) if with_penalty else None
+    got = _dense(solve_shift(keys, shifts, lam, precond)).T  # (d_in, d_out)
+    ridge = lam * keys.square().sum() / 8  # relative to the rows' energy per dimension
+    expected = torch.linalg.solve(keys.T @ keys + ridge * penalty, keys.T @ shifts)
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_regulariser_is_relative_to_the_keys_scale():
+    torch.manual_seed(0)
+    keys, shifts = torch.randn(5, 8), torch.randn(5, 3)
+    lam = torch.tensor(0.3)
+    # Scaling every key by c scales the change by 1/c: each key's own shift is unchanged.
+    small = keys @ _dense(solve_shift(keys, shifts, lam)).T
+    large = (keys * 100) @ _dense(solve_shift(keys * 100, shifts, lam)).T
+    assert torch.allclose(small, large, atol=1e-4)
+
+
+def test_penalty_protects_common_directions():
+    torch.manual_seed(0)
+    common = torch.zeros(8)
+    common[0] = 1.0
+    # Generic inputs all share direction 0; the edit key has a part along it too.
+    generic = torch.randn(200, 8) * 0.1 + 3 * common
+    second = generic.T @ generic / 200
+    penalty = second / (second.trace() / 8)
+    key = torch.randn(1, 8) + 3 * common
+    shift = torch.ones(1, 4)
+    plain = _dense(solve_shift(key, shift, torch.tensor(0.01))).T
+    guarded = _dense(solve_shift(key, shift, torch.tensor(0.01), torch.linalg.inv(penalty))).T
+    assert (generic @ guarded).norm() < 0.5 * (generic @ plain).norm()
+    assert torch.allclose(key @ guarded, shift, atol=0.2)
 
 
 def test_small_regulariser_maps_each_key_to_its_shift():
@@ -89,3 +120,19 @@ def test_meta_gradient_reaches_network_lrs_and_regularisers():
     assert editor.log_lambdas.grad.abs().sum() > 0
     assert editor.edit_lrs.grad.abs().sum() > 0
     assert editor.nets["32x64"].blocks[0].up.grad.abs().sum() > 0
+
+
+def test_key_penalty_is_saved_beside_the_edit_and_required_on_load(tmp_path):
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    editor = Editor.for_model(model, LS.model_copy(update={"key_preconditioning": "covariance"}))
+    prompts, targets = REQUESTS["causal"]
+    editor.fit_normalization(model, prompts, targets)
+    editor.fit_key_covariance(model, prompts)
+    edit = editor.edit(model, prompts, targets)
+    edit.save(tmp_path / "e")
+    name = model.targets[0].module_name
+    assert torch.allclose(Edit.load(tmp_path / "e").dense()[name], edit.dense()[name], atol=1e-6)
+    (tmp_path / "e" / "penalty.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="key penalty"):
+        Edit.load(tmp_path / "e")

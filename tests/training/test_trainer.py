@@ -143,6 +143,10 @@ def test_init_editor_warm_starts_a_least_squares_editor_from_a_summed_one(tmp_pa
     for key, value in trained.state_dict().items():
         assert torch.equal(warm.state_dict()[key], value), key
     assert torch.equal(warm.log_lambdas.detach(), torch.zeros_like(warm.log_lambdas))
+    # The regularisers train at their own rate (at the network's 1e-4 they never moved).
+    trainer = Trainer(ls.model_copy(update={"max_steps": 5, "lr_lambdas": 0.05}), model, _data())
+    trainer.train(resume=False)
+    assert trainer.editor.log_lambdas.detach().abs().max() > 0.05
 
     other = _config(tmp_path / "bad", init_editor=str(result.best_dir),
                     editor={"rank": 16, "down_init": "xavier", "edit_lr_init": 1e-4})
