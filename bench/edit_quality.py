@@ -5,6 +5,10 @@ FT and FT+L under the same evaluation on held-out records.
     python -m bench.edit_quality counterfact   # -> bench/results/counterfact_smollm2.json
     python -m bench.edit_quality zsre --editor runs/zsre-smollm2/best --limit 100
     python -m bench.edit_quality counterfact --set init_editor=runs/bench-zsre/train/best
+    python -m bench.edit_quality zsre --methods mend --set init_editor=...   # re-run MEND only
+
+Methods not run (``--methods``) keep their figures from the existing results file when
+it was measured on the same records: the baselines do not depend on the editor.
 
 Per-edit JSONL records and the aggregate JSON of every method go to
 ``runs/bench-<dataset>/eval``; the results file holds the summary the issue asks for.
@@ -19,7 +23,7 @@ import time
 import transformers
 import yaml
 
-from bench.common import ROOT, SHARED_DATA, write_result
+from bench.common import RESULTS, ROOT, SHARED_DATA, write_result
 from mend.data import load_counterfact, load_zsre
 from mend.editor.editor import Editor
 from mend.evaluation import FineTuneMethod, MendMethod, evaluate
@@ -50,6 +54,20 @@ def eval_records(suite: str, train_ids: set[str]):
     # (216 of the 500 are) are dropped so nothing evaluated was trained on.
     records = load_counterfact(SHARED_DATA / "counterfact" / "counterfact_rome_500.json").records
     return [r for r in records if r.record_id not in train_ids]
+
+
+def carry_over(result: str, summaries: dict, records) -> list[str]:
+    """Fill methods not run now from the previous results file if it scored the same records."""
+    path = RESULTS / f"{result}.json"
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text())
+    if previous.get("n_eval_records") != len(records):
+        return []
+    carried = [name for name in ("ft", "ft_l") if name not in summaries and name in previous]
+    for name in carried:
+        summaries[name] = previous[name]
+    return carried
 
 
 def main() -> None:
@@ -99,6 +117,7 @@ def main() -> None:
         reports[name] = report
         print(name, json.dumps(summaries[name]))
     summaries.setdefault("mend", {})["train_minutes"] = round(train_minutes, 2) if train_minutes else None
+    carried = carry_over(suite["result"], summaries, records)
 
     multi = {}
     if args.batch_k and "mend" in args.methods:
@@ -119,6 +138,7 @@ def main() -> None:
                             + ([f"--editor {args.editor}"] if args.editor else [])
                             + [f"--set {item}" for item in args.overrides]),
         "init_editor": config.init_editor,
+        "carried_over": carried,
     })
 
 

@@ -42,6 +42,30 @@ class Capture:
     loss: Tensor  # detached edit loss of the batch
     per_example_loss: Tensor
 
+    @staticmethod
+    def cat(parts: Sequence[Capture]) -> Capture:
+        """One capture of consecutive batches, examples renumbered across them.
+
+        Exact because the loss is a sum of per-example losses: each example's factors
+        do not depend on the others in its batch.
+        """
+        factors: dict[str, list[Factors]] = {}
+        offset = 0
+        for part in parts:
+            for name, f in part.factors.items():
+                factors.setdefault(name, []).append(Factors(f.u, f.delta, f.example + offset))
+            offset += part.per_example_loss.shape[0]
+        return Capture(
+            {
+                name: Factors(
+                    torch.cat([f.u for f in fs]), torch.cat([f.delta for f in fs]), torch.cat([f.example for f in fs])
+                )
+                for name, fs in factors.items()
+            },
+            sum(p.loss for p in parts),
+            torch.cat([p.per_example_loss for p in parts]),
+        )
+
 
 @contextmanager
 def record_layer_io(

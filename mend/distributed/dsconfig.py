@@ -34,7 +34,7 @@ AUTO = "auto"
 # (``n_edits`` edits with their equivalence and locality inputs).
 OWNED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
 REFUSED = {
-    "optimizer": "the editor's optimiser is Adam with the training config's lr and lr_edit_lrs",
+    "optimizer": "the editor's optimiser is Adam with the training config's lr, lr_edit_lrs and lr_lambdas",
     "scheduler": "the training loop uses constant learning rates",
     "fp16": "use bf16 (fp16 needs loss scaling, which meta-training does not implement)",
     "train_batch_size": "the global batch is n_edits x grad_accum x world size; set grad_accum",

@@ -11,13 +11,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mend.aggregation import KeyShifts
-from mend.capture import Factors, capture_factors
+from mend.capture import Capture, Factors, capture_factors
 from mend.deltas import LowRankDelta
 from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
 from mend.models.editable import EditableModel
 from mend.models.targets import EditTarget
+
+CAPTURE_CHUNK = 32  # edit requests per forward/backward pass when computing an edit
 
 EDITOR_FORMAT = "mend-editor/1"
 
@@ -166,9 +168,15 @@ class Editor(nn.Module):
                 start = stop
         return deltas
 
-    def _capture(self, model: EditableModel, prompts, targets):
-        batch = model.task.batch(list(prompts), list(targets)).to(model.device)
-        return capture_factors(model.model, model.task, self.targets, batch, self.config.token_mode)
+    def _capture(self, model: EditableModel, prompts, targets, chunk: int = CAPTURE_CHUNK) -> Capture:
+        # In chunks: one pass over a thousand edits would hold a thousand sequences'
+        # activations and vocabulary logits at once (~20 GB for SmolLM2).
+        prompts, targets = list(prompts), list(targets)
+        parts = []
+        for start in range(0, len(prompts), chunk):
+            batch = model.task.batch(prompts[start : start + chunk], targets[start : start + chunk]).to(model.device)
+            parts.append(capture_factors(model.model, model.task, self.targets, batch, self.config.token_mode))
+        return parts[0] if len(parts) == 1 else Capture.cat(parts)
 
     def edit(
         self,

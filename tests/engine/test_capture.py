@@ -75,3 +75,22 @@ def test_rows_remember_their_example():
     capture = capture_factors(model.model, model.task, model.targets, batch)
     for f in capture.factors.values():
         assert set(f.example.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_chunked_capture_equals_one_pass(family):
+    from mend.capture import Capture
+
+    model = tiny_model(family)
+    prompts, targets = REQUESTS["causal"]
+    whole = capture_factors(model.model, model.task, model.targets, model.task.batch(prompts, targets))
+    parts = [
+        capture_factors(model.model, model.task, model.targets, model.task.batch(prompts[i : i + 1], targets[i : i + 1]))
+        for i in range(len(prompts))
+    ]
+    joined = Capture.cat(parts)
+    for name, f in whole.factors.items():
+        g = joined.factors[name]
+        assert torch.equal(f.example, g.example)
+        assert torch.allclose(f.u, g.u, atol=1e-5) and torch.allclose(f.delta, g.delta, atol=1e-5)
+    assert torch.allclose(whole.per_example_loss, joined.per_example_loss, atol=1e-5)
