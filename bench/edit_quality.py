@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import transformers
 import yaml
@@ -78,11 +79,12 @@ def main() -> None:
     parser.add_argument("--methods", default="mend,ft,ft_l")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config field, e.g. --set max_minutes=10 (repeatable)")
+    parser.add_argument("--run-dir", help="training and per-edit output folder (default runs/bench-<suite>)")
     parser.add_argument("--batch-k", type=int, default=10, help="also evaluate k simultaneous and k sequential MEND edits (0: skip)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     suite = SUITES[args.suite]
-    out = ROOT / "runs" / f"bench-{args.suite}"
+    out = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"bench-{args.suite}"
 
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.overrides)}
     config = TrainConfig.from_yaml(suite["config"], {**overrides, "output_dir": str(out / "train")})
@@ -136,6 +138,8 @@ def main() -> None:
         "editor": str(args.editor or (out / "train" / "best")),
         "command": " ".join(["python -m bench.edit_quality", args.suite]
                             + ([f"--editor {args.editor}"] if args.editor else [])
+                            + ([f"--methods {args.methods}"] if args.methods != "mend,ft,ft_l" else [])
+                            + ([f"--run-dir {args.run_dir}"] if args.run_dir else [])
                             + [f"--set {item}" for item in args.overrides]),
         "init_editor": config.init_editor,
         "carried_over": carried,
