@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mend.corrections.schema import Correction
 from mend.data.records import LocalityProbe
-from mend.evaluation.scoring import agreement, answer_predictions, score_targets
+from mend.evaluation.scoring import agreement, answer_predictions, by_length, score_targets
 from mend.models.editable import EditableModel
 
 # Prompts every corrected model must keep answering as before (overridable).
@@ -47,11 +47,8 @@ def _locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list
     return prompts, answers, owner
 
 
-def _predictions(model: EditableModel, prompts: list[str], answers: list[str], chunk: int = 64):
-    out = []
-    for start in range(0, len(prompts), chunk):
-        out += answer_predictions(model, prompts[start : start + chunk], answers[start : start + chunk])
-    return out
+def _predictions(model: EditableModel, prompts: list[str], answers: list[str]):
+    return by_length(lambda p, a: answer_predictions(model, p, a), prompts, answers)
 
 
 class PreState:
@@ -68,8 +65,8 @@ def correction_metrics(
 ) -> dict[str, dict]:
     """Per correction, with the batch's edit applied: success, generalisation, locality.
 
-    All corrections' prompts and rephrases are scored together, in chunks, not one
-    correction at a time.
+    All corrections' prompts and rephrases are scored together, in chunks of similar
+    length, not one correction at a time.
     """
     texts, targets, owner, is_prompt = [], [], [], []
     for i, c in enumerate(corrections):
@@ -78,11 +75,12 @@ def correction_metrics(
             targets.append(c.target)
             owner.append(i)
             is_prompt.append(text is c.prompt)
-    acc, exact = [], []
-    for start in range(0, len(texts), chunk):
-        scores = score_targets(model, texts[start : start + chunk], targets[start : start + chunk])
-        acc += scores.token_acc
-        exact += scores.exact
+
+    def scored(prompts: list[str], answers: list[str]) -> list[tuple[float, bool]]:
+        scores = score_targets(model, prompts, answers)
+        return list(zip(scores.token_acc, scores.exact, strict=True))
+
+    acc, exact = zip(*by_length(scored, texts, targets, chunk), strict=True) if texts else ((), ())
     out = {c.id: {} for c in corrections}
     rephrase_acc: dict[int, list[float]] = {}
     for k, i in enumerate(owner):
