@@ -21,7 +21,9 @@ the acceptance policy, from the metrics the flow records per correction. Writes
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
+from collections import Counter
 
 import torch
 import transformers
@@ -95,6 +97,8 @@ def run(model, editor, n: int, batch_size: int) -> dict:
             "versions": len(report.versions),
             "edit_success": sum(success) / len(success),
             "edit_success_computed": sum(computed) / max(len(computed), 1),
+            # Why corrections were refused, by kind (numbers stripped).
+            "rejections": dict(Counter(re.sub(r"[0-9.]+", "#", reason) for _, reason in report.rejected)),
         }
 
 
