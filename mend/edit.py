@@ -31,15 +31,23 @@ READABLE_FORMATS = {"mend-edit/1", EDIT_FORMAT}
 PENALTY_FILE = "penalty.safetensors"
 
 
-def _read_penalties(directory: Path, penalty: dict | None) -> dict[str, torch.Tensor]:
+def _read_penalties(directory: Path, penalty: dict | None, cache: dict | None = None) -> dict[str, torch.Tensor]:
+    """The key penalties an edit.json points to; ``cache`` (by sha256) reads each once."""
     if penalty is None:
         return {}
+    if cache is not None and penalty["sha256"] in cache:
+        return cache[penalty["sha256"]]
     path = directory / penalty["file"]
     if not path.exists():
         raise FileNotFoundError(f"{directory} needs its key penalty file {penalty['file']} (sha256 {penalty['sha256']})")
     if sha256_file(path) != penalty["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in edit.json")
-    return load_file(path)
+    penalties = load_file(path)
+    if cache is not None:
+        cache[penalty["sha256"]] = penalties
+    return penalties
+
+
 State = Literal["detached", "applied", "merged"]
 
 
@@ -241,7 +249,6 @@ class Edit:
                 lambdas[name] = float(ks.lam)
                 if ks.precond is not None:
                     penalties[name] = ks.precond.detach().contiguous().cpu()
-                lambdas[name] = float(ks.lam)
         save_file(tensors, directory / "edit.safetensors")
         penalty = None
         if penalties:
@@ -263,8 +270,12 @@ class Edit:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model: EditableModel | None = None) -> Edit:
-        """Read an edit written by :meth:`save`; ``model`` binds it for ``apply()``."""
+    def load(
+        cls, directory: str | Path, model: EditableModel | None = None, penalty_cache: dict | None = None
+    ) -> Edit:
+        """Read an edit written by :meth:`save`; ``model`` binds it for ``apply()``.
+
+        ``penalty_cache`` shares key penalties (by hash) between edits loaded together."""
         directory = Path(directory)
         meta = json.loads((directory / "edit.json").read_text())
         fmt = meta.get("format")
@@ -278,7 +289,7 @@ class Edit:
         tensors = load_file(directory / "edit.safetensors")
         requests = [EditRequest(**r) for r in meta["requests"]]
         if meta.get("aggregation") == "least_squares":
-            penalties = _read_penalties(directory, meta.get("penalty"))
+            penalties = _read_penalties(directory, meta.get("penalty"), penalty_cache)
             memory = {
                 name: KeyShifts(
                     tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],

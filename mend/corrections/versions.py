@@ -87,12 +87,13 @@ class VersionStore:
     def load_edit(self, entries: list[ActiveEntry]) -> Edit | None:
         """The combined edit of the given active entries (None when there are none)."""
         parts = []
+        penalties: dict = {}  # every batch of one editor shares its penalty: read it once
         with tempfile.TemporaryDirectory() as tmp:
             for index, entry in enumerate(entries):
                 local = Path(tmp) / str(index)
                 self.store.download_dir(entry.path, local)
-                self._fetch_penalty(local)
-                edit = Edit.load(local)
+                self._fetch_penalty(local, penalties)
+                edit = Edit.load(local, penalty_cache=penalties)
                 keep = [i for i, r in enumerate(edit.requests) if r.request_id in set(entry.ids)]
                 if len(keep) != len(entry.ids):
                     missing = set(entry.ids) - {edit.requests[i].request_id for i in keep}
@@ -114,9 +115,9 @@ class VersionStore:
             self.store.put_file(key, path)
         path.unlink()
 
-    def _fetch_penalty(self, delta_dir: Path) -> None:
+    def _fetch_penalty(self, delta_dir: Path, cached: dict) -> None:
         penalty = json.loads((delta_dir / "edit.json").read_text()).get("penalty")
-        if penalty is not None and not (delta_dir / penalty["file"]).exists():
+        if penalty is not None and penalty["sha256"] not in cached and not (delta_dir / penalty["file"]).exists():
             self.store.get_file(self._penalty_key(penalty["sha256"]), delta_dir / penalty["file"])
 
     def publish(
