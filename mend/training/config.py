@@ -45,7 +45,8 @@ class TrainConfig(BaseModel):
         None,
         description="start from this saved editor's weights, statistics and edit lrs (e.g. the "
         "champion, to fine-tune it for least-squares aggregation); what the new config adds "
-        "(the least-squares regularisers) keeps its initial value",
+        "(the least-squares regularisers) keeps its initial value; with other `editor.patterns` "
+        "the networks carry over by shape (mend/editor/transplant.py)",
     )
     data: DataConfig
     seed: int = 0
@@ -59,6 +60,10 @@ class TrainConfig(BaseModel):
     c_edit: float = Field(0.1, ge=0, description="weight of the post-edit NLL on equivalence inputs")
     c_loc: float = Field(1.0, ge=0, description="weight of KL(pre || post) on locality answers")
     n_edits: int = Field(1, ge=1, description="simultaneous edits per step")
+    val_n_edits: int | None = Field(
+        None, ge=1, description="simultaneous edits per validation batch; None = n_edits, so the "
+        "best checkpoint is chosen in the regime it is trained for"
+    )
     n_loc: int = Field(4, ge=1, description="locality probes per step")
     chunk_size: int | None = Field(
         None, ge=1, description="examples per language-model pass; bounds memory for many edits per step"

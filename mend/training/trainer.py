@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mend.editor.editor import Editor, base_model_info
+from mend.editor.transplant import transplant
 from mend.models.editable import EditableModel
 from mend.training.checkpoint import (
     TrainerState,
@@ -153,7 +154,8 @@ class TorchBackend:
 
 
 def initial_editor(model: EditableModel, config: TrainConfig) -> Editor:
-    """A fresh editor for ``config.editor``, warm-started from ``config.init_editor`` if set."""
+    """A fresh editor for ``config.editor``, warm-started from ``config.init_editor`` if set
+    (for other matrices than it edits, see :mod:`mend.editor.transplant`)."""
     editor = Editor.for_model(model, config.editor)
     if config.init_editor is None:
         return editor
@@ -168,6 +170,9 @@ def initial_editor(model: EditableModel, config: TrainConfig) -> Editor:
             f"init_editor {config.init_editor} differs from the configured editor in {mismatched}: "
             "only the aggregation (and settings without weights) may change"
         )
+    if [t.module_name for t in source.targets] != [t.module_name for t in editor.targets]:
+        transplant(source, editor)  # other matrices: networks by shape, entries by nearest layer
+        return editor
     result = editor.load_state_dict(source.state_dict(), strict=False)
     if result.unexpected_keys or any(not k.startswith("log_lambdas") for k in result.missing_keys):
         raise ValueError(
@@ -206,7 +211,8 @@ class Trainer:
             seed=config.seed, equiv_includes_prompt=config.equiv_includes_prompt,
         )
         self.val_sampler = StepSampler(
-            data.validation[: config.val_size], model.task, n_edits=1, n_loc=config.n_loc,
+            data.validation[: config.val_size], model.task, n_edits=config.val_n_edits or config.n_edits,
+            n_loc=config.n_loc,
             seed=config.seed + 1, equiv_includes_prompt=config.equiv_includes_prompt,
         )
         self.state = TrainerState(
@@ -351,12 +357,14 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean step metrics over the validation edits (frozen normalisation statistics).
 
-        Ranks split the edits (rank ``r`` takes ``r, r + w, ...``); a rank short of one
-        repeats an edit at weight 0, so that every rank runs as many passes.
+        The edits go in groups of ``val_n_edits`` applied together (the last partial group
+        is dropped, unless there is only one). Ranks split the groups (rank ``r`` takes
+        ``r, r + w, ...``); a rank short of one repeats a group at weight 0, so that every
+        rank runs as many passes.
         """
         self.editor.eval()
         totals: dict[str, float] = {}
-        n = len(self.val_sampler.records)
+        n = max(len(self.val_sampler.records) // self.val_sampler.n_edits, 1)
         world, rank = self.backend.world_size, self.backend.rank
         for i in range(rank, -(-n // world) * world, world):
             weight = 1.0 if i < n else 0.0

@@ -152,3 +152,53 @@ def test_init_editor_warm_starts_a_least_squares_editor_from_a_summed_one(tmp_pa
                     editor={"rank": 16, "down_init": "xavier", "edit_lr_init": 1e-4})
     with pytest.raises(ValueError, match="rank"):
         Trainer(other, model, _data())
+
+
+def test_validation_applies_edits_together_as_in_training(tmp_path):
+    # A many-edit editor picked by its single-edit validation loss is picked for the
+    # wrong regime: validation groups val_n_edits (default n_edits) edits per batch.
+    model = tiny_model("gpt2")
+    pairs = list(zip(*[(r.prompt, r.target) for r in _data().train[:8]], strict=True))
+
+    def validate(config: TrainConfig) -> dict:
+        trainer = Trainer(config, model, _data())
+        trainer.editor.fit_normalization(model, *pairs)
+        return trainer.validate()
+
+    single = validate(_config(tmp_path / "a", n_edits=4, val_n_edits=1))
+    grouped = validate(_config(tmp_path / "b", n_edits=4))
+    # 12 validation records: 12 single edits or 3 groups of 4, each record edited once.
+    assert grouped["val/edit_rows"] == pytest.approx(4 * single["val/edit_rows"])
+
+
+def test_init_editor_carries_over_to_other_matrices(tmp_path):
+    # Down projections of all 4 layers, from an editor of the last 3 layers' MLPs: the
+    # networks come by shape, layer 0 takes layer 1's entries, layers 1-3 their own.
+    model = tiny_model("llama")
+    result = Trainer(_config(tmp_path / "mlp", max_steps=10, val_every=10), model, _data()).train(resume=False)
+    trained = Editor.load(result.best_dir)
+    down = r"model\.layers\.\d+\.mlp\.down_proj"
+    editor_cfg = {"rank": 32, "down_init": "xavier", "edit_lr_init": 1e-4, "patterns": [down]}
+    wide = _config(tmp_path / "wide", init_editor=str(result.best_dir), editor=editor_cfg, max_steps=3)
+    trainer = Trainer(wide, model, _data())
+    editor = trainer.editor
+    assert [t.module_name for t in editor.targets] == [f"model.layers.{i}.mlp.down_proj" for i in range(4)]
+    key = editor.targets[0].shape_key
+    net, src = editor.nets[key], trained.nets[key]
+    for block, src_block in zip(net.blocks, src.blocks, strict=True):
+        assert torch.equal(block.up, src_block.up) and torch.equal(block.down, src_block.down)
+        for layer in range(4):
+            src_mode = trained._mode_of[f"model.layers.{max(layer, 1)}.mlp.down_proj"]
+            assert torch.equal(block.mode_scale[layer], src_block.mode_scale[src_mode])
+    for layer in range(4):
+        source_lr = trained.edit_lrs[trained._lr_index[f"model.layers.{max(layer, 1)}.mlp.down_proj"]]
+        assert editor.edit_lrs[layer] == source_lr
+    # Its factors' moments differ: statistics start afresh and the first batches refill them.
+    assert net.norm.count.item() == 0
+    trainer.train(resume=False)
+    assert net.norm.count.item() > 0
+
+    embeddings = {"rank": 32, "down_init": "xavier", "patterns": [r"lm_head"]}
+    bad = _config(tmp_path / "bad", init_editor=str(result.best_dir), editor=embeddings)
+    with pytest.raises(ValueError, match="no matrix of that shape"):
+        Trainer(bad, model, _data())
