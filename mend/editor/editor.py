@@ -90,11 +90,7 @@ class Editor(nn.Module):
         """An untrained (identity) editor for ``model``'s target matrices."""
         config = config or EditorConfig()
         if config.patterns is not None:
-            source = model.source
-            model = EditableModel.wrap(
-                model.model, model.tokenizer, name=model.name, kind=model.kind, patterns=config.patterns
-            )
-            model.source = source
+            model = model.retargeted(config.patterns)
         return cls(config, model.targets, base_model_info(model))
 
     def editor_parameters(self) -> list[nn.Parameter]:

@@ -71,6 +71,12 @@ class EditableModel:
         loaded.source = str(source)
         return loaded
 
+    def retargeted(self, patterns: Sequence[str]) -> EditableModel:
+        """The same model and tokenizer, editing the matrices ``patterns`` name."""
+        wrapped = EditableModel.wrap(self.model, self.tokenizer, name=self.name, kind=self.kind, patterns=patterns)
+        wrapped.source = self.source
+        return wrapped
+
     @property
     def layouts(self) -> dict[str, Layout]:
         return {t.module_name: t.layout for t in self.targets}

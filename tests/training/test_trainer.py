@@ -180,7 +180,8 @@ def test_init_editor_carries_over_to_other_matrices(tmp_path):
     down = r"model\.layers\.\d+\.mlp\.down_proj"
     editor_cfg = {"rank": 32, "down_init": "xavier", "edit_lr_init": 1e-4, "patterns": [down]}
     wide = _config(tmp_path / "wide", init_editor=str(result.best_dir), editor=editor_cfg, max_steps=3)
-    trainer = Trainer(wide, model, _data())
+    # As `mend train` loads it: the model wrapped for the configured matrices.
+    trainer = Trainer(wide, model.retargeted([down]), _data())
     editor = trainer.editor
     assert [t.module_name for t in editor.targets] == [f"model.layers.{i}.mlp.down_proj" for i in range(4)]
     key = editor.targets[0].shape_key
