@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 
 import transformers
 
@@ -27,17 +28,10 @@ from mend.corrections import (
     VersionStore,
     apply_corrections,
 )
-from mend.evaluation.scoring import agreement, answer_predictions, score_targets
+from mend.evaluation.scoring import agreement, answer_predictions, by_length, score_targets
 from mend.storage import open_store
 
 ACCEPT_ALL = AcceptancePolicy(min_edit_success=0.0, require_exact=False, min_locality=0.0, min_regression=0.0)
-
-
-def _chunked(fn, prompts, answers, size=64):
-    out = []
-    for start in range(0, len(prompts), size):
-        out.append(fn(prompts[start : start + size], answers[start : start + size]))
-    return out
 
 
 def main() -> None:
@@ -52,8 +46,8 @@ def main() -> None:
     corrections = as_corrections(zsre_records(args.n))
     loc_prompts = [c["locality"][0]["prompt"] for c in corrections]
     loc_answers = [c["locality"][0]["answer"] for c in corrections]
-    before = [p for part in _chunked(lambda p, a: answer_predictions(model, p, a), loc_prompts, loc_answers)
-              for p in part]
+    predictions = partial(answer_predictions, model)
+    before = by_length(predictions, loc_prompts, loc_answers)
 
     with tempfile.TemporaryDirectory() as tmp:
         queue = CorrectionQueue(open_store(tmp))
@@ -64,11 +58,9 @@ def main() -> None:
         versions = VersionStore(queue.store)
         final = versions.load_edit(versions.active(versions.latest()))
     with final.applied(model):
-        success = [a for part in _chunked(lambda p, t: score_targets(model, p, t).token_acc,
-                                          [c["prompt"] for c in corrections], [c["target"] for c in corrections])
-                   for a in part]
-        after = [p for part in _chunked(lambda p, a: answer_predictions(model, p, a), loc_prompts, loc_answers)
-                 for p in part]
+        success = by_length(lambda p, t: score_targets(model, p, t).token_acc,
+                            [c["prompt"] for c in corrections], [c["target"] for c in corrections])
+        after = by_length(predictions, loc_prompts, loc_answers)
     locality, _ = agreement(before, after)
     result = {
         "edit_success": round(sum(success) / len(success), 4),

@@ -31,6 +31,11 @@ READABLE_FORMATS = {"mend-edit/1", EDIT_FORMAT}
 PENALTY_FILE = "penalty.safetensors"
 
 
+def penalty_of(meta: dict) -> dict | None:
+    """``{"file", "sha256"}`` of the key-penalty file an ``edit.json`` points to, if any."""
+    return meta.get("penalty")
+
+
 def _read_penalties(directory: Path, penalty: dict | None, cache: dict | None = None) -> dict[str, torch.Tensor]:
     """The key penalties an edit.json points to; ``cache`` (by sha256) reads each once."""
     if penalty is None:
@@ -289,7 +294,7 @@ class Edit:
         tensors = load_file(directory / "edit.safetensors")
         requests = [EditRequest(**r) for r in meta["requests"]]
         if meta.get("aggregation") == "least_squares":
-            penalties = _read_penalties(directory, meta.get("penalty"), penalty_cache)
+            penalties = _read_penalties(directory, penalty_of(meta), penalty_cache)
             memory = {
                 name: KeyShifts(
                     tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],

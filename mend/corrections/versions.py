@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mend.corrections.schema import now
-from mend.edit import Edit
+from mend.edit import Edit, penalty_of
 from mend.storage import ArtifactNotFoundError, ArtifactStore
 
 MANIFEST_FORMAT = "mend-corrected-model/1"
@@ -106,7 +106,7 @@ class VersionStore:
 
     def _share_penalty(self, delta_dir: Path) -> None:
         """Move a saved delta's penalty file to its content-addressed key (once)."""
-        penalty = json.loads((delta_dir / "edit.json").read_text()).get("penalty")
+        penalty = penalty_of(json.loads((delta_dir / "edit.json").read_text()))
         if penalty is None:
             return
         path = delta_dir / penalty["file"]
@@ -116,7 +116,7 @@ class VersionStore:
         path.unlink()
 
     def _fetch_penalty(self, delta_dir: Path, cached: dict) -> None:
-        penalty = json.loads((delta_dir / "edit.json").read_text()).get("penalty")
+        penalty = penalty_of(json.loads((delta_dir / "edit.json").read_text()))
         if penalty is not None and penalty["sha256"] not in cached and not (delta_dir / penalty["file"]).exists():
             self.store.get_file(self._penalty_key(penalty["sha256"]), delta_dir / penalty["file"])
 
@@ -196,6 +196,6 @@ class VersionStore:
         for entry in manifest["active"]:
             for name in ("edit.json", "edit.safetensors"):
                 self.store.info(f"{entry['path']}/{name}")
-            penalty = self.store.get_json(f"{entry['path']}/edit.json").get("penalty")
+            penalty = penalty_of(self.store.get_json(f"{entry['path']}/edit.json"))
             if penalty is not None and self.store.info(self._penalty_key(penalty["sha256"])).sha256 != penalty["sha256"]:
                 raise ValueError(f"version {version}: key penalty {penalty['sha256']} is corrupt")
