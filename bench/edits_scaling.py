@@ -50,9 +50,10 @@ def main() -> None:
         for mode in results:
             if old.get("editors", {}).get(mode) == editors[mode]:
                 results[mode] = old.get(mode, {})
-    model = EditableModel.load("smollm2-135m")
+    base = EditableModel.load("smollm2-135m")
     for mode, path in editors.items():
         editor = Editor.load(path).eval()
+        model = base.retargeted(editor.config.patterns) if editor.config.patterns else base
         if editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
         for k in ks:

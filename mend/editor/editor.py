@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,6 +108,17 @@ class Editor(nn.Module):
         if self.least_squares:
             groups.append({"params": [self.log_lambdas], "lr": lr_lambdas})
         return groups
+
+    @torch.no_grad()
+    def scale_regularisers(self, factor: float) -> None:
+        """Multiply every matrix's least-squares regulariser by ``factor``, after training:
+        above 1 unrelated outputs move less and edits land less often, below 1 the reverse
+        (the trade-off is measured in ``bench/results/edits_tradeoff.json``)."""
+        if not self.least_squares:
+            raise ValueError("only a least-squares editor has regularisers to scale")
+        if not factor > 0:
+            raise ValueError(f"regulariser scale must be positive, got {factor}")
+        self.log_lambdas += math.log(factor)
 
     @property
     def least_squares(self) -> bool:

@@ -136,3 +136,25 @@ def test_key_penalty_is_saved_beside_the_edit_and_required_on_load(tmp_path):
     (tmp_path / "e" / "penalty.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="key penalty"):
         Edit.load(tmp_path / "e")
+
+
+def test_scaling_the_regularisers_trades_edit_strength_for_locality():
+    model = tiny_model("gpt2")
+    prompts, targets = REQUESTS["causal"]
+    batch = model.task.batch(prompts, targets)
+    with torch.no_grad():
+        before = model.task.logits(model.model, batch)
+
+    def moved(factor: float) -> float:
+        editor = _editor(model)
+        editor.scale_regularisers(factor)
+        shifts = editor.key_shifts(editor._capture(model, prompts, targets).factors)
+        assert all(torch.isclose(ks.lam, torch.tensor(factor)) for ks in shifts.values())
+        with editor.edit(model, prompts, targets).applied(), torch.no_grad():
+            return (model.task.logits(model.model, batch) - before).abs().mean().item()
+
+    assert moved(10.0) < moved(1.0) < moved(0.1)
+    with pytest.raises(ValueError, match="positive"):
+        _editor(model).scale_regularisers(0.0)
+    with pytest.raises(ValueError, match="least-squares"):
+        Editor.for_model(model, EditorConfig(rank=16)).scale_regularisers(2.0)
