@@ -53,7 +53,7 @@ def main() -> None:
     base = EditableModel.load("smollm2-135m")
     for mode, path in editors.items():
         editor = Editor.load(path).eval()
-        model = base.retargeted(editor.config.patterns) if editor.config.patterns else base
+        model = base.retargeted(editor.config.patterns)
         if editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
         for k in ks:

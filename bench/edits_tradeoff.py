@@ -45,8 +45,9 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     points: list[dict] = []
     previous = RESULTS / "edits_tradeoff.json"
-    if args.resume and previous.exists() and json.loads(previous.read_text()).get("k") == args.k:
-        points = json.loads(previous.read_text())["points"]
+    if args.resume and previous.exists():
+        old = json.loads(previous.read_text())
+        points = old["points"] if old.get("k") == args.k else []
     records = zsre_records(args.k)
     base = EditableModel.load("smollm2-135m")
     for path, scale in map(_parse, args.point):
@@ -54,7 +55,7 @@ def main() -> None:
             continue
         editor = Editor.load(path).eval()
         editor.scale_regularisers(scale)
-        model = base.retargeted(editor.config.patterns) if editor.config.patterns else base
+        model = base.retargeted(editor.config.patterns)
         report = evaluate(MendMethod(editor), model, records, mode="batch", k=args.k, generate=False)
         point = {
             "editor": path,

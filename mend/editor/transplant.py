@@ -6,7 +6,7 @@ So a trained editor can start an editor for more or other matrices, e.g. the dow
 projections of ten layers instead of the MLPs of the last three: the networks are
 copied whole, and each new matrix takes the per-matrix entries of the trained matrix of
 the same kind (name with the layer number blanked) and shape that sits nearest to it,
-by layer. Which source matrix each new one came from is returned for the run's record.
+by layer.
 
 Not carried over: key preconditioners (refitted on the new matrices' inputs) and, for
 a network whose matrices changed, the normalisation statistics (the new layers' factors
@@ -15,20 +15,15 @@ have their own moments; the first training batches refill them).
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from mend.editor.editor import Editor
-from mend.models.targets import EditTarget
-
-_LAYER = re.compile(r"\.(\d+)\.")
+from mend.models.targets import EditTarget, layer_template
 
 
 def _kind_and_layer(target: EditTarget) -> tuple[str, int]:
-    match = _LAYER.search(target.module_name)
-    layer = int(match.group(1)) if match else -1
-    return f"{_LAYER.sub('.{}.', target.module_name, count=1)}:{target.shape_key}", layer
+    template, layer = layer_template(target.module_name)
+    return f"{template}:{target.shape_key}", layer
 
 
 def source_matrices(source: Editor, editor: Editor) -> dict[str, str]:

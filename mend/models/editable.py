@@ -71,8 +71,9 @@ class EditableModel:
         loaded.source = str(source)
         return loaded
 
-    def retargeted(self, patterns: Sequence[str]) -> EditableModel:
-        """The same model and tokenizer, editing the matrices ``patterns`` name."""
+    def retargeted(self, patterns: Sequence[str] | None) -> EditableModel:
+        """The same model and tokenizer, editing the matrices ``patterns`` name (None: the
+        family's default)."""
         wrapped = EditableModel.wrap(self.model, self.tokenizer, name=self.name, kind=self.kind, patterns=patterns)
         wrapped.source = self.source
         return wrapped

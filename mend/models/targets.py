@@ -99,13 +99,21 @@ def _as_target(name: str, module: nn.Module) -> EditTarget | None:
     return None
 
 
+_LAYER_NUMBER = re.compile(r"\.(\d+)\.")
+
+
+def layer_template(name: str) -> tuple[str, int]:
+    """``a.3.b`` -> (``a.{}.b``, 3): what a module is, and in which layer (-1: none)."""
+    match = _LAYER_NUMBER.search(name)
+    return _LAYER_NUMBER.sub(".{}.", name, count=1), int(match.group(1)) if match else -1
+
+
 def _collapse_layer_numbers(names: Sequence[str]) -> list[str]:
     """``a.0.b, a.1.b`` -> ``a.{0..1}.b`` so an error message stays readable."""
     groups: dict[str, list[int]] = {}
     for name in names:
-        key = re.sub(r"\.(\d+)\.", ".{}.", name, count=1)
-        match = re.search(r"\.(\d+)\.", name)
-        groups.setdefault(key, []).append(int(match.group(1)) if match else -1)
+        key, layer = layer_template(name)
+        groups.setdefault(key, []).append(layer)
     out = []
     for key, numbers in groups.items():
         if "{}" in key:

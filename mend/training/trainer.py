@@ -170,7 +170,7 @@ def initial_editor(model: EditableModel, config: TrainConfig) -> Editor:
     if mismatched:
         raise ValueError(
             f"init_editor {config.init_editor} differs from the configured editor in {mismatched}: "
-            "only the aggregation (and settings without weights) may change"
+            "only the aggregation, the edited matrices and settings without weights may change"
         )
     if [t.module_name for t in source.targets] != [t.module_name for t in editor.targets]:
         transplant(source, editor)  # other matrices: networks by shape, entries by nearest layer
