@@ -79,7 +79,12 @@ class KeyShifts:
 
     @staticmethod
     def cat(parts: list[KeyShifts]) -> KeyShifts:
-        return parts[0].with_rows(
+        """All parts' rows, solved with the *last* part's regulariser and key penalty.
+
+        Parts may come from different editors or regulariser scales (a queue's earlier
+        batches); the combined solve is one solve, so it takes the newest settings.
+        """
+        return parts[-1].with_rows(
             torch.cat([p.keys for p in parts]),
             torch.cat([p.shifts for p in parts]),
             torch.cat([p.example for p in parts]),

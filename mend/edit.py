@@ -179,7 +179,9 @@ class Edit:
     # -- composing --------------------------------------------------------------------
     @staticmethod
     def concat(edits: Iterable[Edit]) -> Edit:
-        """One edit equal to the sum of several (the same as applying them together)."""
+        """One edit equal to applying several together: summed edits stack; least-squares
+        ones are one solve over all their rows, with the last edit's regularisers and key
+        penalties (the newest editor's settings)."""
         edits = list(edits)
         if not edits:
             raise ValueError("nothing to concatenate")

@@ -43,6 +43,12 @@ class ApplyConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="corrections edited simultaneously")
     max_batches: int | None = Field(None, ge=1, description="stop after this many batches")
     max_tokens: int = Field(512, ge=8, description="longest prompt + target accepted")
+    regulariser_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplies a least-squares editor's regularisers: above 1 unrelated outputs "
+        "move less and fewer edits land, below 1 the reverse (bench/results/edits_tradeoff.json)",
+    )
     lease_ttl_s: float = Field(600.0, gt=0)
     policy: AcceptancePolicy = AcceptancePolicy()
     regression_probes: list[LocalityProbe] = Field(default_factory=lambda: list(DEFAULT_REGRESSION_PROBES))
@@ -121,14 +127,19 @@ def apply_corrections(
 
     Each batch's edit is computed on the model as currently corrected and judged
     combined with the active corrections exactly as it would be published: stacked for
-    summed edits, re-solved together for least-squares ones.
+    summed edits, re-solved together for least-squares ones (under this run's
+    regularisers, ``config.regulariser_scale`` times the editor's, which the manifest
+    records).
     """
     config = config or ApplyConfig()
     started = time.monotonic()
     report = ApplyReport()
     versions = VersionStore(queue.store, queue.prefix)
     probes = config.regression_probes
-    with Lease(queue.store, f"{queue.prefix}/locks/apply.json", config.lease_ttl_s) as lease:
+    with (
+        editor.regularisers_scaled(config.regulariser_scale),
+        Lease(queue.store, f"{queue.prefix}/locks/apply.json", config.lease_ttl_s) as lease,
+    ):
         published = published_corrections(versions)
         report.recovered = recover(queue, versions, published)
         latest = versions.latest()
@@ -192,6 +203,7 @@ def apply_corrections(
                     **(details or {}),
                     "base_model": edit.base_model,
                     "aggregation": edit.aggregation,
+                    **({"regulariser_scale": config.regulariser_scale} if edit.memory is not None else {}),
                     "added": [c.id for c in accepted_corrections],
                     "superseded": sorted(superseded),
                     "regression_agreement": regression,

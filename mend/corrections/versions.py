@@ -12,7 +12,9 @@ A manifest lists the *active* corrections as references to the delta files of th
 versions that added them, so a correction's low-rank factors are stored once, and
 rolling one back is a new manifest without it. A least-squares delta's key penalties
 (the editor's, the same for every batch and by far its largest file) are kept once per
-content hash under ``penalties/`` and fetched next to each delta on load.
+content hash under ``penalties/`` and fetched next to each delta on load. The active
+least-squares corrections are solved together with the newest active delta's
+regularisers and key penalty (:meth:`mend.edit.Edit.concat`).
 """
 
 from __future__ import annotations

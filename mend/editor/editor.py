@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -114,11 +115,30 @@ class Editor(nn.Module):
         """Multiply every matrix's least-squares regulariser by ``factor``, after training:
         above 1 unrelated outputs move less and edits land less often, below 1 the reverse
         (the trade-off is measured in ``bench/results/edits_tradeoff.json``)."""
+        self._check_scale(factor)
+        self.log_lambdas += math.log(factor)
+
+    def _check_scale(self, factor: float) -> None:
         if not self.least_squares:
             raise ValueError("only a least-squares editor has regularisers to scale")
         if not factor > 0:
             raise ValueError(f"regulariser scale must be positive, got {factor}")
-        self.log_lambdas += math.log(factor)
+
+    @contextmanager
+    def regularisers_scaled(self, factor: float) -> Iterator[Editor]:
+        """:meth:`scale_regularisers` for the enclosed block only (a no-op at 1, for any
+        editor); the stored regularisers come back exactly afterwards."""
+        if factor == 1:
+            yield self
+            return
+        self._check_scale(factor)
+        saved = self.log_lambdas.detach().clone()
+        self.scale_regularisers(factor)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                self.log_lambdas.copy_(saved)
 
     @property
     def least_squares(self) -> bool:

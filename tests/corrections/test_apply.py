@@ -166,3 +166,34 @@ def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_pa
     penalties = queue.store.list(f"{versions.root}/penalties/")
     assert len(penalties) == (1 if preconditioning == "covariance" else 0)
     versions.verify(rolled)
+
+
+def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_path):
+    from mend import Editor, EditorConfig
+    from tests.support.synthetic import synthetic_records
+
+    model, summed_editor = tiny_editing_setup()
+    torch.manual_seed(0)
+    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation="least_squares"))
+    records = synthetic_records(8, seed=99)
+    editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    trained = editor.log_lambdas.detach().clone()
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    queue.submit(correction_dicts(4))
+    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
+    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, regulariser_scale=4.0))
+    assert torch.equal(editor.log_lambdas, trained)
+    versions = VersionStore(queue.store)
+    assert [versions.manifest(v)["regulariser_scale"] for v in (1, 2)] == [1.0, 4.0]
+    name = model.targets[0].module_name
+    first = versions.load_edit(versions.active(1))
+    both = versions.load_edit(versions.active(2))
+    assert float(first.memory[name].lam) == pytest.approx(float(trained[0].exp()))
+    # Version 2 is one solve over all four corrections, under the newest run's regulariser.
+    assert len(both.memory[name].keys) > len(first.memory[name].keys)
+    assert float(both.memory[name].lam) == pytest.approx(4 * float(trained[0].exp()))
+    # A summed editor has no regulariser: refused before the queue is touched.
+    queue.submit(correction_dicts(6)[4:])
+    with pytest.raises(ValueError, match="least-squares"):
+        apply_corrections(queue, model, summed_editor, ApplyConfig(policy=LENIENT, regulariser_scale=2.0))
+    assert len(queue.pending()) == 2
