@@ -89,7 +89,9 @@ def list_(
 def apply(
     editor: Path = typer.Option(..., exists=True, help="editor directory"),
     model: str = typer.Option(None, help="base model (default: the editor's)"),
-    config: Path = typer.Option(None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes"),
+    config: Path = typer.Option(
+        None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale"
+    ),
     batch_size: int = typer.Option(None, help="overrides the config's batch size"),
     store: str = StoreOption,
     prefix: str = PrefixOption,
