@@ -2,11 +2,14 @@
 each batch re-solved together with every active correction (least-squares editor).
 
     python -m bench.edits_sequential --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
+        [--regulariser-scale 10]
 
 At the end, with the final published version applied: token-level edit success over
 all corrections, and locality (unchanged argmax at their locality answers against the
 unedited model). Every correction is accepted (no policy), to measure the editing
-itself. Writes ``bench/results/edits_sequential.json``.
+itself. Writes ``bench/results/edits_sequential.json``, or
+``edits_sequential_scale<X>.json`` for a regulariser scale X other than 1 (the apply
+config's ``regulariser_scale``: locality against edit success).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--editor", required=True)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--regulariser-scale", type=float, default=1.0)
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     editor = Editor.load(args.editor).eval()
@@ -53,7 +57,9 @@ def main() -> None:
         queue = CorrectionQueue(open_store(tmp))
         queue.submit(corrections)
         started = time.monotonic()
-        report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=args.batch_size, policy=ACCEPT_ALL))
+        report = apply_corrections(queue, model, editor, ApplyConfig(
+            batch_size=args.batch_size, policy=ACCEPT_ALL, regulariser_scale=args.regulariser_scale
+        ))
         wall = time.monotonic() - started
         versions = VersionStore(queue.store)
         final = versions.load_edit(versions.active(versions.latest()))
@@ -71,10 +77,12 @@ def main() -> None:
         "versions": len(report.versions),
         "applied": len(report.applied),
         "aggregation": editor.config.aggregation,
+        "regulariser_scale": args.regulariser_scale,
         "editor": args.editor,
     }
     print(result)
-    write_result("edits_sequential", result)
+    scale = args.regulariser_scale
+    write_result("edits_sequential" if scale == 1 else f"edits_sequential_scale{scale:g}", result)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ one version of the registered model ``mend-corrected-<model>``, whose alias
 ``current`` follows the newest. Each carries its lineage as tags::
 
     corrections.version   corrections.store   corrections.parent   corrections.kind
-    corrections.active    corrections.aggregation
+    corrections.active    corrections.aggregation   corrections.regulariser_scale
     editor.model_name     editor.version      editor.run_id
     base_model.name       base_model.fingerprint
 
@@ -118,6 +118,8 @@ def register_corrected_version(
         "base_model.name": str(manifest.get("base_model", {}).get("name", "")),
         "base_model.fingerprint": str(manifest.get("base_model", {}).get("fingerprint", "")),
     }
+    if "regulariser_scale" in manifest:  # least squares: the scale the apply run solved with
+        tags["corrections.regulariser_scale"] = str(manifest["regulariser_scale"])
     # Rollbacks carry their parent's editor: the deltas they keep were made with it.
     lineage = manifest.get("editor") if isinstance(manifest.get("editor"), dict) else None
     lineage = lineage or _parent_editor(versions, manifest)

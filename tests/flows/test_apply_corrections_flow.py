@@ -52,9 +52,9 @@ def deployment(request, tmp_path, tiny_model_dir, prefect_server):
     mlflow.set_tracking_uri(None)
 
 
-def run_flow(config):
+def run_flow(config, **apply):
     return apply_flow(model_name=EDITOR_NAME, alias="champion", config=config,
-                      apply={"batch_size": 2, "policy": LENIENT.model_dump()})
+                      apply={"batch_size": 2, "policy": LENIENT.model_dump(), **apply})
 
 
 @pytest.mark.parametrize("deployment", ["sum", "least_squares"], indirect=True)
@@ -64,7 +64,7 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     items = correction_dicts(4)
     queue.submit([*items, {"id": "broken", "prompt": "", "target": "x"}])
 
-    result = run_flow(config)
+    result = run_flow(config, **({"regulariser_scale": 2.0} if aggregation == "least_squares" else {}))
 
     assert sorted(result["applied"]) == sorted(i["id"] for i in items)
     assert result["versions"] == [1, 2] and result["registered"] == {"1": "1", "2": "2"}
@@ -79,6 +79,7 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     # The champion's aggregation is the one the flow used (least squares: one re-solve).
     published = VersionStore(queue.store).manifest(2)["aggregation"]
     assert tags["corrections.aggregation"] == published == aggregation
+    assert tags.get("corrections.regulariser_scale") == ("2.0" if aggregation == "least_squares" else None)
     manifest = mlflow.artifacts.load_dict(f"runs:/{current.run_id}/manifest.json")
     assert sorted(manifest["active_ids"]) == sorted(i["id"] for i in items)
 
