@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,3 +44,34 @@ def timed(fn: Callable[..., object], *args) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_rss_above_start() -> Iterator[dict]:
+    """Samples resident memory while the block runs; ``["bytes"]`` is then its peak above
+    the memory at entry."""
+    baseline = rss_bytes()
+    result = {"bytes": 0}
+    peak = baseline
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes())
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+        result["bytes"] = max(peak, rss_bytes()) - baseline

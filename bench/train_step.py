@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 from torch.func import functional_call
 
-from bench.common import ROOT, median, write_result
+from bench.common import ROOT, median, peak_rss_above_start, rss_bytes, write_result
 from mend.capture import capture_factors
 from mend.data.records import EditRecord, LocalityProbe
 from mend.editor.config import EditorConfig
@@ -129,11 +127,6 @@ def measure_time(repeats: int, token_mode: str) -> dict:
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_worker(kind: str, token_mode: str) -> None:
     """Runs in a child process: peak RSS above the loaded model+editor during one step."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -155,22 +148,10 @@ def memory_worker(kind: str, token_mode: str) -> None:
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    baseline = _rss_bytes()
-    peak = baseline
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.0005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    run_step(kind, model, editor, optimizer, batch, lowrank)
-    done.set()
-    thread.join()
-    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_above_bytes": peak - baseline}))
+    baseline = rss_bytes()
+    with peak_rss_above_start() as peak:
+        run_step(kind, model, editor, optimizer, batch, lowrank)
+    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_above_bytes": peak["bytes"]}))
 
 
 def measure_memory(token_mode: str) -> dict:
