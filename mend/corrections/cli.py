@@ -93,6 +93,9 @@ def apply(
         None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale"
     ),
     batch_size: int = typer.Option(None, help="overrides the config's batch size"),
+    regulariser_scale: float = typer.Option(
+        None, help="overrides the config's: least-squares regularisers x this (>1: more locality)"
+    ),
     store: str = StoreOption,
     prefix: str = PrefixOption,
 ) -> None:
@@ -103,9 +106,9 @@ def apply(
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
 
-    settings = ApplyConfig.model_validate(yaml.safe_load(config.read_text()) or {}) if config else ApplyConfig()
-    if batch_size is not None:
-        settings = settings.model_copy(update={"batch_size": batch_size})
+    given = (yaml.safe_load(config.read_text()) or {}) if config else {}
+    flags = {"batch_size": batch_size, "regulariser_scale": regulariser_scale}
+    settings = ApplyConfig.model_validate({**given, **{k: v for k, v in flags.items() if v is not None}})
     ed = Editor.load(editor).eval()
     lm = EditableModel.load(model or ed.base_model.get("source") or "smollm2-135m", patterns=ed.config.patterns)
     report = apply_corrections(_queue(store, prefix), lm, ed, settings,

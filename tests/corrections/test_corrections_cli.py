@@ -30,8 +30,11 @@ def test_submit_apply_list_show_rollback(tmp_path):
     (tmp_path / "apply.yaml").write_text(
         "batch_size: 8\npolicy: {min_edit_success: 0.0, require_exact: false, min_locality: 0.0, min_regression: 0.0}\n"
     )
-    result = runner.invoke(app, ["corrections", "apply", "--editor", str(tmp_path / "editor"),
-                                 "--model", str(tmp_path / "model"), "--config", str(tmp_path / "apply.yaml"), *store])
+    apply = ["corrections", "apply", "--editor", str(tmp_path / "editor"), "--model", str(tmp_path / "model"),
+             "--config", str(tmp_path / "apply.yaml"), *store]
+    result = runner.invoke(app, [*apply, "--regulariser-scale", "0"])  # flags are validated as the config is
+    assert result.exit_code != 0 and "regulariser_scale" in str(result.exception)
+    result = runner.invoke(app, apply)
     assert result.exit_code == 0, result.output
     assert "published versions [1]" in result.output
 
