@@ -54,10 +54,10 @@ def rss_bytes() -> int:
 
 @contextmanager
 def peak_rss_above_start() -> Iterator[dict]:
-    """Samples resident memory while the block runs; ``["bytes"]`` is then its peak above
-    the memory at entry."""
+    """Samples resident memory while the block runs: ``["baseline"]`` is the memory at
+    entry, and ``["bytes"]`` afterwards its peak above it."""
     baseline = rss_bytes()
-    result = {"bytes": 0}
+    result = {"baseline": baseline, "bytes": 0}
     peak = baseline
     done = threading.Event()
 

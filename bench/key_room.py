@@ -59,7 +59,7 @@ def main() -> None:
             entry["penalised_dims_90"], entry["penalised_dims_99"] = spanned(rows @ root)
         matrices[target.module_name] = entry
         print(target.module_name, entry, flush=True)
-    rows = len(torch.cat(keys[names[0]]))
+    rows = sum(len(part) for part in keys[names[0]])
     write_result("key_room", {"editor": args.editor, "k": args.k, "rows_per_matrix": rows, "matrices": matrices})
 
 

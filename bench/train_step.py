@@ -26,7 +26,7 @@ import time
 import torch
 from torch.func import functional_call
 
-from bench.common import ROOT, median, peak_rss_above_start, rss_bytes, write_result
+from bench.common import ROOT, median, peak_rss_above_start, write_result
 from mend.capture import capture_factors
 from mend.data.records import EditRecord, LocalityProbe
 from mend.editor.config import EditorConfig
@@ -148,10 +148,9 @@ def memory_worker(kind: str, token_mode: str) -> None:
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    baseline = rss_bytes()
     with peak_rss_above_start() as peak:
         run_step(kind, model, editor, optimizer, batch, lowrank)
-    print(json.dumps({"kind": kind, "baseline_bytes": baseline, "peak_above_bytes": peak["bytes"]}))
+    print(json.dumps({"kind": kind, "baseline_bytes": peak["baseline"], "peak_above_bytes": peak["bytes"]}))
 
 
 def measure_memory(token_mode: str) -> dict:

@@ -203,7 +203,7 @@ def apply_corrections(
                     **(details or {}),
                     "base_model": edit.base_model,
                     "aggregation": edit.aggregation,
-                    **({"regulariser_scale": config.regulariser_scale} if edit.memory is not None else {}),
+                    **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
                     "added": [c.id for c in accepted_corrections],
                     "superseded": sorted(superseded),
                     "regression_agreement": regression,

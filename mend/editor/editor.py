@@ -115,14 +115,11 @@ class Editor(nn.Module):
         """Multiply every matrix's least-squares regulariser by ``factor``, after training:
         above 1 unrelated outputs move less and edits land less often, below 1 the reverse
         (the trade-off is measured in ``bench/results/edits_tradeoff.json``)."""
-        self._check_scale(factor)
-        self.log_lambdas += math.log(factor)
-
-    def _check_scale(self, factor: float) -> None:
         if not self.least_squares:
             raise ValueError("only a least-squares editor has regularisers to scale")
         if not factor > 0:
             raise ValueError(f"regulariser scale must be positive, got {factor}")
+        self.log_lambdas += math.log(factor)
 
     @contextmanager
     def regularisers_scaled(self, factor: float) -> Iterator[Editor]:
@@ -131,9 +128,8 @@ class Editor(nn.Module):
         if factor == 1:
             yield self
             return
-        self._check_scale(factor)
-        saved = self.log_lambdas.detach().clone()
-        self.scale_regularisers(factor)
+        saved = self.log_lambdas.detach().clone() if self.least_squares else None
+        self.scale_regularisers(factor)  # refuses summed editors and non-positive factors
         try:
             yield self
         finally:
