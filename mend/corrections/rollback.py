@@ -41,6 +41,10 @@ def rollback(
         kept = {i for e in entries for i in e.ids}
         parent = versions.manifest(latest)
         base = parent.get("base_model", {})
+        # The remaining least-squares corrections are re-solved under the newest remaining
+        # batch's stored regularisers: repeat the scale its run recorded.
+        newest = versions.manifest(versions.added_by(entries[-1])) if entries else {}
+        scale = {"regulariser_scale": newest["regulariser_scale"]} if "regulariser_scale" in newest else {}
         return versions.publish(
             latest,
             None,
@@ -48,6 +52,7 @@ def rollback(
             {
                 "base_model": base,
                 "aggregation": parent.get("aggregation", "sum"),
+                **scale,
                 "added": [],
                 "corrections": {},
                 "rollback": {

@@ -86,6 +86,10 @@ class VersionStore:
             return []
         return [ActiveEntry.from_json(e) for e in self.manifest(version)["active"]]
 
+    def added_by(self, entry: ActiveEntry) -> int:
+        """The version whose apply run stored ``entry``'s delta."""
+        return int(entry.path[len(self.root) + 1 :].split("/", 1)[0])
+
     def load_edit(self, entries: list[ActiveEntry]) -> Edit | None:
         """The combined edit of the given active entries (None when there are none)."""
         parts = []

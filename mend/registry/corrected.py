@@ -118,7 +118,7 @@ def register_corrected_version(
         "base_model.name": str(manifest.get("base_model", {}).get("name", "")),
         "base_model.fingerprint": str(manifest.get("base_model", {}).get("fingerprint", "")),
     }
-    if "regulariser_scale" in manifest:  # least squares: the scale the apply run solved with
+    if "regulariser_scale" in manifest:  # least squares: the scale this version was solved with
         tags["corrections.regulariser_scale"] = str(manifest["regulariser_scale"])
     # Rollbacks carry their parent's editor: the deltas they keep were made with it.
     lineage = manifest.get("editor") if isinstance(manifest.get("editor"), dict) else None

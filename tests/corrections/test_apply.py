@@ -192,6 +192,10 @@ def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_
     # Version 2 is one solve over all four corrections, under the newest run's regulariser.
     assert len(both.memory[name].keys) > len(first.memory[name].keys)
     assert float(both.memory[name].lam) == pytest.approx(4 * float(trained[0].exp()))
+    # A rollback re-solves under the newest remaining batch's regulariser and says so.
+    newest_ids = versions.manifest(2)["added"]
+    assert versions.manifest(rollback(queue, correction_ids=newest_ids[:1]))["regulariser_scale"] == 4.0
+    assert versions.manifest(rollback(queue, correction_ids=newest_ids[1:]))["regulariser_scale"] == 1.0
     # A summed editor has no regulariser: refused before the queue is touched.
     queue.submit(correction_dicts(6)[4:])
     with pytest.raises(ValueError, match="least-squares"):
