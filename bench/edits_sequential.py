@@ -2,14 +2,15 @@
 each batch re-solved together with every active correction (least-squares editor).
 
     python -m bench.edits_sequential --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
-        [--regulariser-scale 10]
+        [--regulariser-scale 10] [--passes 3]
 
 At the end, with the final published version applied: token-level edit success over
 all corrections, and locality (unchanged argmax at their locality answers against the
 unedited model). Every correction is accepted (no policy), to measure the editing
-itself. Writes ``bench/results/edits_sequential.json``, or
-``edits_sequential_scale<X>.json`` for a regulariser scale X other than 1 (the apply
-config's ``regulariser_scale``: locality against edit success).
+itself. Writes ``bench/results/edits_sequential.json``, with ``_scale<X>`` in the name
+for a regulariser scale X other than 1 (the apply config's ``regulariser_scale``:
+locality against edit success) and ``_passes<N>`` for N capture passes per batch (its
+``passes``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--regulariser-scale", type=float, default=1.0)
+    parser.add_argument("--passes", type=int, default=1)
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     editor = Editor.load(args.editor).eval()
@@ -58,7 +60,8 @@ def main() -> None:
         queue.submit(corrections)
         started = time.monotonic()
         report = apply_corrections(queue, model, editor, ApplyConfig(
-            batch_size=args.batch_size, policy=ACCEPT_ALL, regulariser_scale=args.regulariser_scale
+            batch_size=args.batch_size, policy=ACCEPT_ALL, regulariser_scale=args.regulariser_scale,
+            passes=args.passes,
         ))
         wall = time.monotonic() - started
         versions = VersionStore(queue.store)
@@ -78,11 +81,16 @@ def main() -> None:
         "applied": len(report.applied),
         "aggregation": editor.config.aggregation,
         "regulariser_scale": args.regulariser_scale,
+        "passes": args.passes,
         "editor": args.editor,
     }
     print(result)
-    scale = args.regulariser_scale
-    write_result("edits_sequential" if scale == 1 else f"edits_sequential_scale{scale:g}", result)
+    name = "edits_sequential"
+    if args.regulariser_scale != 1:
+        name += f"_scale{args.regulariser_scale:g}"
+    if args.passes != 1:
+        name += f"_passes{args.passes}"
+    write_result(name, result)
 
 
 if __name__ == "__main__":

@@ -212,6 +212,21 @@ class Edit:
         deltas = {name: LowRankDelta.cat(parts) for name, parts in per_module.items()}
         return Edit(deltas, layouts, requests, base, edits[0].model)
 
+    def with_pass(self, further: Edit) -> Edit:
+        """This edit and ``further``, a later pass over the same requests (made on the
+        model with this edit applied): both passes' rows, each still its request's, so
+        :meth:`select` and :meth:`concat` keep working per request. Least-squares rows
+        are one solve, under ``further``'s regularisers."""
+        if [(r.prompt, r.target) for r in further.requests] != [(r.prompt, r.target) for r in self.requests]:
+            raise ValueError("a further pass must be made from the same requests, in the same order")
+        if further.aggregation != self.aggregation:
+            raise ValueError("cannot combine summed and least-squares edits")
+        if self.memory is not None:
+            memory = {n: KeyShifts.cat([ks, further.memory[n]]) for n, ks in self.memory.items()}
+            return Edit.from_key_shifts(memory, self.layouts, self.requests, self.base_model, self.model)
+        deltas = {n: LowRankDelta.cat([d, further.deltas[n]]) for n, d in self.deltas.items()}
+        return Edit(deltas, self.layouts, self.requests, self.base_model, self.model)
+
     def select(self, request_indices: Sequence[int]) -> Edit:
         """The part of this edit made from the given requests (renumbered from 0)."""
         index = torch.as_tensor(list(request_indices), dtype=torch.long)

@@ -49,6 +49,12 @@ class ApplyConfig(BaseModel):
         description="multiplies a least-squares editor's regularisers: above 1 unrelated outputs "
         "move less and fewer edits land, below 1 the reverse (bench/results/edits_tradeoff.json)",
     )
+    passes: int = Field(
+        1,
+        ge=1,
+        description="captures per batch: each further one re-captures the batch on the model with "
+        "its edit so far applied and adds the editor's answer as more rows (Editor.edit)",
+    )
     lease_ttl_s: float = Field(600.0, gt=0)
     policy: AcceptancePolicy = AcceptancePolicy()
     regression_probes: list[LocalityProbe] = Field(default_factory=lambda: list(DEFAULT_REGRESSION_PROBES))
@@ -169,7 +175,8 @@ def apply_corrections(
                 log(f"batch {batch_index}: editing {len(batch)} corrections")
                 current = hooked.edit
                 pre = PreState(model, batch, probes)
-                edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch])
+                edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
+                                   passes=config.passes)
                 hooked.swap(combined(edit, _superseded(parts, published, batch)))
                 metrics = correction_metrics(model, batch, pre)
                 accepted = []
@@ -204,6 +211,7 @@ def apply_corrections(
                     "base_model": edit.base_model,
                     "aggregation": edit.aggregation,
                     **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
+                    "passes": config.passes,
                     "added": [c.id for c in accepted_corrections],
                     "superseded": sorted(superseded),
                     "regression_agreement": regression,

@@ -90,12 +90,13 @@ def apply(
     editor: Path = typer.Option(..., exists=True, help="editor directory"),
     model: str = typer.Option(None, help="base model (default: the editor's)"),
     config: Path = typer.Option(
-        None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale"
+        None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale, passes"
     ),
     batch_size: int = typer.Option(None, help="overrides the config's batch size"),
     regulariser_scale: float = typer.Option(
         None, help="overrides the config's: least-squares regularisers x this (>1: more locality)"
     ),
+    passes: int = typer.Option(None, help="overrides the config's: captures per batch (more: edits land better)"),
     store: str = StoreOption,
     prefix: str = PrefixOption,
 ) -> None:
@@ -107,7 +108,7 @@ def apply(
     from mend.models.editable import EditableModel
 
     given = (yaml.safe_load(config.read_text()) or {}) if config else {}
-    flags = {"batch_size": batch_size, "regulariser_scale": regulariser_scale}
+    flags = {"batch_size": batch_size, "regulariser_scale": regulariser_scale, "passes": passes}
     settings = ApplyConfig.model_validate({**given, **{k: v for k, v in flags.items() if v is not None}})
     ed = Editor.load(editor).eval()
     lm = EditableModel.load(model or ed.base_model.get("source") or "smollm2-135m", patterns=ed.config.patterns)

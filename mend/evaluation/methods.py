@@ -31,15 +31,16 @@ class EditMethod(Protocol):
 
 @dataclass
 class MendMethod:
-    """A meta-trained (or identity) MEND editor."""
+    """A meta-trained (or identity) MEND editor; ``passes`` as in :meth:`Editor.edit`."""
 
     editor: Editor
     name: str = "mend"
+    passes: int = 1
 
     def apply(self, model, records):
         return self.editor.edit(
             model, [r.prompt for r in records], [r.target for r in records],
-            [r.record_id for r in records],
+            [r.record_id for r in records], passes=self.passes,
         ).apply()
 
 

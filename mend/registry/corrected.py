@@ -6,6 +6,7 @@ one version of the registered model ``mend-corrected-<model>``, whose alias
 
     corrections.version   corrections.store   corrections.parent   corrections.kind
     corrections.active    corrections.aggregation   corrections.regulariser_scale
+    corrections.passes
     editor.model_name     editor.version      editor.run_id
     base_model.name       base_model.fingerprint
 
@@ -120,6 +121,8 @@ def register_corrected_version(
     }
     if "regulariser_scale" in manifest:  # least squares: the scale this version was solved with
         tags["corrections.regulariser_scale"] = str(manifest["regulariser_scale"])
+    if "passes" in manifest:
+        tags["corrections.passes"] = str(manifest["passes"])
     # Rollbacks carry their parent's editor: the deltas they keep were made with it.
     lineage = manifest.get("editor") if isinstance(manifest.get("editor"), dict) else None
     lineage = lineage or _parent_editor(versions, manifest)

@@ -168,15 +168,20 @@ def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_pa
     versions.verify(rolled)
 
 
-def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_path):
+def _least_squares_editor(model):
     from mend import Editor, EditorConfig
     from tests.support.synthetic import synthetic_records
 
-    model, summed_editor = tiny_editing_setup()
     torch.manual_seed(0)
     editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation="least_squares"))
     records = synthetic_records(8, seed=99)
     editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    return editor
+
+
+def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_path):
+    model, summed_editor = tiny_editing_setup()
+    editor = _least_squares_editor(model)
     trained = editor.log_lambdas.detach().clone()
     queue = CorrectionQueue(open_store(tmp_path / "store"))
     queue.submit(correction_dicts(4))
@@ -201,3 +206,26 @@ def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_
     with pytest.raises(ValueError, match="least-squares"):
         apply_corrections(queue, model, summed_editor, ApplyConfig(policy=LENIENT, regulariser_scale=2.0))
     assert len(queue.pending()) == 2
+
+
+def test_further_passes_are_recorded_and_kept_with_their_corrections(tmp_path):
+    model, _ = tiny_editing_setup()
+    editor = _least_squares_editor(model)
+    name = model.targets[0].module_name
+    rows = {}
+    for passes in (1, 2):
+        queue = CorrectionQueue(open_store(tmp_path / f"store{passes}"))
+        items = correction_dicts(4)
+        queue.submit(items)
+        apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=passes))
+        versions = VersionStore(queue.store)
+        assert versions.manifest(2)["passes"] == passes
+        full = versions.load_edit(versions.active(2))
+        rows[passes] = len(full.memory[name].keys)
+        # Rolling a correction back takes out the rows of every pass it was captured in.
+        rolled = rollback(queue, correction_ids=[items[0]["id"]])
+        left = versions.load_edit(versions.active(rolled))
+        assert [r.request_id for r in left.requests] == [i["id"] for i in items[1:]]
+        assert len(left.memory[name].keys) == rows[passes] - int((full.memory[name].example == 0).sum())
+        assert torch.allclose(left.dense()[name], full.select([1, 2, 3]).dense()[name], atol=1e-6)
+    assert rows[2] == 2 * rows[1]

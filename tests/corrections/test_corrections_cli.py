@@ -5,6 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from mend.cli import app
+from mend.corrections import VersionStore
+from mend.storage import open_store
 from tests.support.corrections import correction_dicts, tiny_editing_setup
 
 
@@ -34,9 +36,12 @@ def test_submit_apply_list_show_rollback(tmp_path):
              "--config", str(tmp_path / "apply.yaml"), *store]
     result = runner.invoke(app, [*apply, "--regulariser-scale", "0"])  # flags are validated as the config is
     assert result.exit_code != 0 and "regulariser_scale" in str(result.exception)
-    result = runner.invoke(app, apply)
+    result = runner.invoke(app, [*apply, "--passes", "0"])
+    assert result.exit_code != 0 and "passes" in str(result.exception)
+    result = runner.invoke(app, [*apply, "--passes", "2"])
     assert result.exit_code == 0, result.output
     assert "published versions [1]" in result.output
+    assert VersionStore(open_store(tmp_path / "store")).manifest(1)["passes"] == 2
 
     result = runner.invoke(app, ["corrections", "list", *store])
     assert "applied      3" in result.output and "dead-letter  1" in result.output

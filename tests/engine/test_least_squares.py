@@ -62,9 +62,9 @@ def test_small_regulariser_maps_each_key_to_its_shift():
     assert torch.allclose(keys @ _dense(delta).T, shifts, atol=1e-3)
 
 
-def _editor(model):
+def _editor(model, config=LS):
     torch.manual_seed(0)
-    editor = Editor.for_model(model, LS)
+    editor = Editor.for_model(model, config)
     editor.fit_normalization(model, *REQUESTS["causal"])
     return editor
 
@@ -158,3 +158,37 @@ def test_scaling_the_regularisers_trades_edit_strength_for_locality():
         _editor(model).scale_regularisers(0.0)
     with pytest.raises(ValueError, match="least-squares"):
         Editor.for_model(model, EditorConfig(rank=16)).scale_regularisers(2.0)
+
+
+@pytest.mark.parametrize("aggregation", ["least_squares", "sum"])
+def test_further_passes_are_captured_on_the_edited_model_and_stay_per_request(aggregation):
+    model = tiny_model("llama")
+    editor = _editor(model, LS.model_copy(update={"aggregation": aggregation}))
+    prompts, targets = REQUESTS["causal"]
+    batch = model.task.batch(prompts, targets)
+    with torch.no_grad():
+        before = model.task.logits(model.model, batch)
+    once = editor.edit(model, prompts, targets, ["a", "b"])
+    with once.applied():
+        further = editor.edit(model, prompts, targets, ["a", "b"])
+    twice = editor.edit(model, prompts, targets, ["a", "b"], passes=2)
+    name = model.targets[0].module_name
+    # Pass two is the editor's answer on the model with pass one applied; nothing stays hooked.
+    assert torch.allclose(twice.dense()[name], once.with_pass(further).dense()[name], atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model.task.logits(model.model, batch), before)
+    if aggregation == "sum":  # stacked: the two passes' changes add up
+        assert torch.allclose(twice.dense()[name], once.dense()[name] + further.dense()[name], atol=1e-5)
+    else:  # one solve over both passes' rows, not the sum of two solves
+        assert len(twice.memory[name].keys) == 2 * len(once.memory[name].keys)
+        assert not torch.allclose(twice.dense()[name], once.dense()[name] + further.dense()[name], atol=1e-5)
+    # Each request keeps both passes' rows: taking one out takes out all of its rows.
+    only_b = twice.select([1])
+    expected = editor.edit(model, prompts[1:], targets[1:], ["b"], passes=1)
+    rows = (only_b.memory[name].keys if aggregation == "least_squares" else only_b.deltas[name].u).shape[0]
+    single = (expected.memory[name].keys if aggregation == "least_squares" else expected.deltas[name].u).shape[0]
+    assert rows == 2 * single
+    with pytest.raises(ValueError, match="at least 1"):
+        editor.edit(model, prompts, targets, passes=0)
+    with pytest.raises(ValueError, match="same requests"):
+        once.with_pass(editor.edit(model, prompts[:1], targets[:1]))

@@ -64,7 +64,8 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     items = correction_dicts(4)
     queue.submit([*items, {"id": "broken", "prompt": "", "target": "x"}])
 
-    result = run_flow(config, **({"regulariser_scale": 2.0} if aggregation == "least_squares" else {}))
+    least_squares = {"regulariser_scale": 2.0, "passes": 2}
+    result = run_flow(config, **(least_squares if aggregation == "least_squares" else {}))
 
     assert sorted(result["applied"]) == sorted(i["id"] for i in items)
     assert result["versions"] == [1, 2] and result["registered"] == {"1": "1", "2": "2"}
@@ -80,6 +81,7 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     published = VersionStore(queue.store).manifest(2)["aggregation"]
     assert tags["corrections.aggregation"] == published == aggregation
     assert tags.get("corrections.regulariser_scale") == ("2.0" if aggregation == "least_squares" else None)
+    assert tags["corrections.passes"] == ("2" if aggregation == "least_squares" else "1")
     manifest = mlflow.artifacts.load_dict(f"runs:/{current.run_id}/manifest.json")
     assert sorted(manifest["active_ids"]) == sorted(i["id"] for i in items)
 
