@@ -13,9 +13,11 @@ recovery; a run killed before publishing leaves them pending and nothing publish
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -162,6 +164,19 @@ def apply_corrections(
         def combined(new: Edit, replaced: set[str]) -> Edit:
             return Edit.concat([*(p for cid, p in parts.items() if cid not in replaced), new])
 
+        @contextlib.contextmanager
+        def published_with(new: Edit, replaced: set[str]) -> Iterator[None]:
+            # A further capture pass sees the model as it would be published. Stacking the
+            # batch's own solve on the active corrections instead double-counts edits that
+            # share keys; the next pass asks to undo that, and the requests grew batch by
+            # batch until the model broke (4 passes at scale 3: edit success 0 by 70).
+            previous = hooked.edit
+            hooked.swap(combined(new, replaced))
+            try:
+                yield
+            finally:
+                hooked.swap(previous)
+
         try:
             batch_index = 0
             while pending := queue.pending()[: config.batch_size]:
@@ -175,9 +190,10 @@ def apply_corrections(
                 log(f"batch {batch_index}: editing {len(batch)} corrections")
                 current = hooked.edit
                 pre = PreState(model, batch, probes)
+                replaced = _superseded(parts, published, batch)
                 edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
-                                   passes=config.passes)
-                hooked.swap(combined(edit, _superseded(parts, published, batch)))
+                                   passes=config.passes, applied_as=partial(published_with, replaced=replaced))
+                hooked.swap(combined(edit, replaced))
                 metrics = correction_metrics(model, batch, pre)
                 accepted = []
                 for index, correction in enumerate(batch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
@@ -211,6 +211,7 @@ class Editor(nn.Module):
         *,
         strict: bool = True,
         passes: int = 1,
+        applied_as: Callable[[Edit], AbstractContextManager] | None = None,
     ) -> Edit:
         """Compute the edit that makes ``targets`` the model's outputs for ``prompts``.
 
@@ -222,6 +223,9 @@ class Editor(nn.Module):
         requests (:meth:`Edit.with_pass`): each pass asks for what the earlier ones left
         undone, after the edits' interference. With least squares and many edits this
         buys edit success at equal locality (README); each pass costs one more capture.
+        ``applied_as(edit)`` puts the edit so far into the model for the next pass
+        (default ``edit.applied(model)``); the corrections queue re-solves it with the
+        active corrections instead, so passes see the model it would publish.
         """
         self.check_model(model, strict=strict)
         if len(prompts) != len(targets):
@@ -232,7 +236,7 @@ class Editor(nn.Module):
         requests = [EditRequest(p, t, i) for p, t, i in zip(prompts, targets, ids, strict=True)]
         edit = self._edit_once(model, requests)
         for _ in range(passes - 1):
-            with edit.applied(model):
+            with (applied_as or Edit.applied)(edit):
                 further = self._edit_once(model, requests)
             edit = edit.with_pass(further)
         return edit

@@ -229,3 +229,28 @@ def test_further_passes_are_recorded_and_kept_with_their_corrections(tmp_path):
         assert len(left.memory[name].keys) == rows[passes] - int((full.memory[name].example == 0).sum())
         assert torch.allclose(left.dense()[name], full.select([1, 2, 3]).dense()[name], atol=1e-6)
     assert rows[2] == 2 * rows[1]
+
+
+def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_path, monkeypatch):
+    from mend import Editor
+    from mend.deltas import DeltaHooks
+
+    model, _ = tiny_editing_setup()
+    editor = _least_squares_editor(model)
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    queue.submit(correction_dicts(4))
+    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
+    hooked_per_pass = []
+    capture_once = Editor._edit_once
+
+    def spy(self, model, requests):
+        hooked_per_pass.append(DeltaHooks.of(model.model).keys())
+        return capture_once(self, model, requests)
+
+    monkeypatch.setattr(Editor, "_edit_once", spy)
+    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=2))
+    # Pass one sees the published version; pass two one edit again: the new batch re-solved
+    # with the active corrections (what would be published), not stacked on top of them.
+    first, second = hooked_per_pass
+    assert len(first) == 1 and len(second) == 1 and first != second
+    assert DeltaHooks.of(model.model).keys() == []
