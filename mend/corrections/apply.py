@@ -166,10 +166,10 @@ def apply_corrections(
 
         @contextlib.contextmanager
         def published_with(new: Edit, replaced: set[str]) -> Iterator[None]:
-            # A further capture pass sees the model as it would be published. Stacking the
-            # batch's own solve on the active corrections instead double-counts edits that
-            # share keys; the next pass asks to undo that, and the requests grew batch by
-            # batch until the model broke (4 passes at scale 3: edit success 0 by 70).
+            # A further capture pass sees the model as it would be published. Captured on
+            # the batch's own solve stacked on the active corrections (a model never
+            # published), the requested shifts grew batch by batch until the model broke:
+            # 4 passes at scale 3 reached shifts of 3e10 and edit success 0 by batch 7.
             previous = hooked.edit
             hooked.swap(combined(new, replaced))
             try:
