@@ -234,16 +234,17 @@ class Editor(nn.Module):
             raise ValueError(f"passes must be at least 1, got {passes}")
         ids = list(request_ids) if request_ids is not None else [""] * len(prompts)
         requests = [EditRequest(p, t, i) for p, t, i in zip(prompts, targets, ids, strict=True)]
-        edit = self._edit_once(model, requests)
+        # The weights' fingerprint, once: passes hook changes in but never touch weights.
+        info = base_model_info(model) if not self.base_model else self.base_model
+        edit = self._edit_once(model, requests, info)
         for _ in range(passes - 1):
             with (applied_as or Edit.applied)(edit):
-                further = self._edit_once(model, requests)
+                further = self._edit_once(model, requests, info)
             edit = edit.with_pass(further)
         return edit
 
-    def _edit_once(self, model: EditableModel, requests: list[EditRequest]) -> Edit:
+    def _edit_once(self, model: EditableModel, requests: list[EditRequest], info: dict) -> Edit:
         capture = self._capture(model, [r.prompt for r in requests], [r.target for r in requests])
-        info = base_model_info(model) if not self.base_model else self.base_model
         with torch.no_grad():
             if self.least_squares:
                 memory = {n: ks.detach() for n, ks in self.key_shifts(capture.factors).items()}

@@ -243,9 +243,9 @@ def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_
     hooked_per_pass = []
     capture_once = Editor._edit_once
 
-    def spy(self, model, requests):
+    def spy(self, model, requests, info):
         hooked_per_pass.append(DeltaHooks.of(model.model).keys())
-        return capture_once(self, model, requests)
+        return capture_once(self, model, requests, info)
 
     monkeypatch.setattr(Editor, "_edit_once", spy)
     apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=2))
