@@ -23,25 +23,50 @@ dimensions the solve interpolates and wrecks unrelated outputs):
   ``tr(S^T M S)`` is then the change ordinary inputs would see, as in MEMIT: directions
   every input shares are protected, unusual ones are free.
 
-The editor stores ``P = M^-1`` (its key preconditioner), which is what the solve uses.
+The editor stores ``P = M^-1`` (its key preconditioner).
 
 Representation: ``S = P U^T (U P U^T + lambda t I)^-1 D``, the low-rank pair
 (``u = (U P U^T + lambda t I)^-1 U P``, ``v = D``) of rank n (edited tokens), when n is
-at most the matrix's narrower side; past it the dense ``S = P (U^T U P + lambda t
-I)^-1 U^T D`` is cheaper and is written as a low-rank pair with an identity factor
-(rank ``min(d_in, d_out)``). Either way apply, remove, merge and PEFT export work
-unchanged, and both are differentiable in ``D`` and ``lambda``, so meta-training
-backpropagates through the solve.
+at most the matrix's narrower side; past it the dense ``S = (U^T U + lambda t M)^-1
+U^T D`` (in double, ``M`` inverted from ``P`` once) is cheaper and is written as a
+low-rank pair with an identity factor (rank ``min(d_in, d_out)``). Either way apply,
+remove, merge and PEFT export work unchanged, and both are differentiable in ``D`` and
+``lambda``, so meta-training backpropagates through the solve.
+
+Re-solving: the dense form needs the rows only through ``U^T U`` and ``U^T D``, which
+are sums over rows (:class:`NormalEquations`). A :class:`KeyShifts` keeps them once
+computed and :meth:`KeyShifts.cat` adds them up, so adding a batch to thousands of
+active corrections costs that batch's rows plus one ``d_in x d_in`` solve, not a pass
+over every row the corrections ever made.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from mend.deltas import LowRankDelta
+
+
+@dataclass(frozen=True)
+class NormalEquations:
+    """``U^T U`` and ``U^T D`` of some key rows, in double precision.
+
+    Both are sums over rows, so the rows of several edits combine by addition."""
+
+    gram: Tensor  # (d_in, d_in)
+    cross: Tensor  # (d_in, d_out)
+
+    @classmethod
+    def of(cls, keys: Tensor, shifts: Tensor) -> NormalEquations:
+        """Differentiable in ``shifts`` (keys come from the frozen model)."""
+        keys = keys.double()
+        return cls(keys.T @ keys, keys.T @ shifts.double())
+
+    def __add__(self, other: NormalEquations) -> NormalEquations:
+        return NormalEquations(self.gram + other.gram, self.cross + other.cross)
 
 
 @dataclass
@@ -52,6 +77,9 @@ class KeyShifts:
     and the request it belongs to; plus the matrix's relative regulariser and key
     penalty (``precond = M^-1``, None for the identity). Adding or removing requests is a
     new solve over the remaining rows, never a stack of deltas.
+
+    ``normal`` and ``penalty`` (``M``) are computed on first need and carried along
+    while the rows and the penalty stay the same.
     """
 
     keys: Tensor  # (n, d_in)
@@ -59,23 +87,50 @@ class KeyShifts:
     example: Tensor  # (n,)
     lam: Tensor  # () relative regulariser
     precond: Tensor | None = None  # (d_in, d_in)
+    normal: NormalEquations | None = field(default=None, repr=False, compare=False)
+    penalty: Tensor | None = field(default=None, repr=False, compare=False)
 
     def with_rows(self, keys: Tensor, shifts: Tensor, example: Tensor) -> KeyShifts:
         """Other rows, same regulariser and penalty."""
-        return KeyShifts(keys, shifts, example, self.lam, self.precond)
+        return KeyShifts(keys, shifts, example, self.lam, self.precond, penalty=self.penalty)
 
     def select(self, keep: Tensor) -> KeyShifts:
         return self.with_rows(self.keys[keep], self.shifts[keep], self.example[keep])
 
     def renumber(self, example: Tensor) -> KeyShifts:
-        return self.with_rows(self.keys, self.shifts, example)
+        same_rows = self.with_rows(self.keys, self.shifts, example)
+        same_rows.normal = self.normal
+        return same_rows
 
     def detach(self) -> KeyShifts:
         precond = None if self.precond is None else self.precond.detach()
-        return KeyShifts(self.keys.detach(), self.shifts.detach(), self.example, self.lam.detach(), precond)
+        normal = self.normal
+        if normal is not None:
+            normal = NormalEquations(normal.gram.detach(), normal.cross.detach())
+        return KeyShifts(
+            self.keys.detach(), self.shifts.detach(), self.example, self.lam.detach(), precond, normal, self.penalty
+        )
+
+    def normal_equations(self) -> NormalEquations:
+        """``U^T U`` and ``U^T D`` of the rows; kept unless they carry gradients."""
+        if self.normal is not None:
+            return self.normal
+        normal = NormalEquations.of(self.keys, self.shifts)
+        if not normal.cross.requires_grad:
+            self.normal = normal
+        return normal
+
+    def penalty_matrix(self) -> Tensor | None:
+        """``M = precond^-1`` in double (None: the identity), computed once."""
+        if self.penalty is None and self.precond is not None:
+            self.penalty = torch.linalg.inv(self.precond.detach().double())
+        return self.penalty
 
     def solve(self) -> LowRankDelta:
-        return solve_shift(self.keys, self.shifts, self.lam, self.precond)
+        n, d_in = self.keys.shape
+        if n <= min(d_in, self.shifts.shape[1]):
+            return solve_shift(self.keys, self.shifts, self.lam, self.precond)
+        return solve_normal(self.normal_equations(), self.lam, self.penalty_matrix())
 
     @staticmethod
     def cat(parts: list[KeyShifts]) -> KeyShifts:
@@ -83,12 +138,23 @@ class KeyShifts:
 
         Parts may come from different editors or regulariser scales (a queue's earlier
         batches); the combined solve is one solve, so it takes the newest settings.
+        When a part already holds its normal equations (a large set of active
+        corrections), the combined ones are their sum.
         """
-        return parts[-1].with_rows(
+        merged = parts[-1].with_rows(
             torch.cat([p.keys for p in parts]),
             torch.cat([p.shifts for p in parts]),
             torch.cat([p.example for p in parts]),
         )
+        if any(p.normal is not None for p in parts):
+            normals = [p.normal_equations() for p in parts]
+            merged.normal = sum(normals[1:], normals[0])
+        if merged.penalty is None and merged.precond is not None:
+            # A queue's batches share their editor's penalty: invert it once per run.
+            merged.penalty = next(
+                (p.penalty for p in parts if p.penalty is not None and torch.equal(p.precond, merged.precond)), None
+            )
+        return merged
 
 
 def solve_shift(keys: Tensor, shifts: Tensor, lam: Tensor, precond: Tensor | None = None) -> LowRankDelta:
@@ -104,24 +170,29 @@ def solve_shift(keys: Tensor, shifts: Tensor, lam: Tensor, precond: Tensor | Non
     d_out = shifts.shape[1]
     if n == 0:
         return LowRankDelta(keys.new_zeros(0, d_in), shifts.new_zeros(0, d_out), torch.zeros(0, dtype=torch.long))
+    if n > min(d_in, d_out):
+        penalty = None if precond is None else torch.linalg.inv(precond.detach().double())
+        return solve_normal(NormalEquations.of(keys, shifts), lam, penalty)
     # The rows' mean energy per dimension: keys come from the frozen model, not trained.
     ridge = lam * (keys.detach().square().sum() / d_in)
     weighted = keys if precond is None else keys @ precond  # U P
-    if n <= min(d_in, d_out):
-        gram = weighted @ keys.T + ridge * torch.eye(n, dtype=keys.dtype, device=keys.device)
-        u = torch.linalg.solve(gram, weighted)  # (U P U^T + lam t I)^-1 U P
-        v = shifts
+    gram = weighted @ keys.T + ridge * torch.eye(n, dtype=keys.dtype, device=keys.device)
+    u = torch.linalg.solve(gram, weighted)  # (U P U^T + lam t I)^-1 U P
+    return LowRankDelta(u, shifts, torch.full((n,), -1, dtype=torch.long, device=u.device))
+
+
+def solve_normal(normal: NormalEquations, lam: Tensor, penalty: Tensor | None = None) -> LowRankDelta:
+    """The dense change ``S = (U^T U + lam t M)^-1 U^T D`` from the rows' normal equations
+    (``penalty`` = ``M`` in double, None: identity), as a LowRankDelta with an identity
+    factor of rank ``min(d_in, d_out)``."""
+    gram, cross = normal.gram, normal.cross
+    d_in, d_out = cross.shape
+    ridge = lam.double() * (gram.detach().trace() / d_in)
+    # In double: with n >> d_in rows the system is badly scaled in single precision.
+    regularised = gram + ridge * (torch.eye(d_in, dtype=gram.dtype, device=gram.device) if penalty is None else penalty)
+    dense = torch.linalg.solve(regularised, cross).float()  # S: (d_in, d_out)
+    if d_in <= d_out:
+        u, v = torch.eye(d_in, dtype=dense.dtype, device=dense.device), dense
     else:
-        eye = torch.eye(d_in, dtype=keys.dtype, device=keys.device)
-        # (U^T U + lam t M)^-1 = P (U^T U P + lam t I)^-1, solved in double: n >> d_in
-        # rows make U^T U P badly scaled.
-        system = (keys.T @ weighted).double() + ridge.double() * eye.double()
-        dense = torch.linalg.solve(system, (keys.T @ shifts.float()).double()).float()
-        if precond is not None:
-            dense = precond @ dense  # S: (d_in, d_out)
-        if d_in <= d_out:
-            u, v = eye, dense
-        else:
-            u, v = dense.T, torch.eye(d_out, dtype=dense.dtype, device=dense.device)
-    rows = u.shape[0]
-    return LowRankDelta(u, v, torch.full((rows,), -1, dtype=torch.long, device=u.device))
+        u, v = dense.T, torch.eye(d_out, dtype=dense.dtype, device=dense.device)
+    return LowRankDelta(u, v, torch.full((u.shape[0],), -1, dtype=torch.long, device=u.device))

@@ -74,19 +74,22 @@ class Edit:
 
     A least-squares edit (``memory`` set) keeps each request's keys and value shifts
     instead; its change is the solve over them, so :meth:`concat` and :meth:`select`
-    re-solve over the combined or remaining requests.
+    re-solve over the combined or remaining requests. The solve runs when the change is
+    first needed (``deltas``), so edits only combined or saved are never solved.
     """
 
     def __init__(
         self,
-        deltas: dict[str, LowRankDelta],
+        deltas: dict[str, LowRankDelta] | None,
         layouts: dict[str, Layout],
         requests: Sequence[EditRequest],
         base_model: dict,
         model: EditableModel | None = None,
         memory: dict[str, KeyShifts] | None = None,
     ):
-        self.deltas = deltas
+        if deltas is None and memory is None:
+            raise ValueError("an edit needs its changes or the key shifts to solve them from")
+        self._deltas = deltas
         self.layouts = layouts
         self.requests = list(requests)
         self.base_model = base_model
@@ -104,27 +107,39 @@ class Edit:
         base_model: dict,
         model: EditableModel | None = None,
     ) -> Edit:
-        """The least-squares edit solving ``memory`` (one solve per matrix)."""
-        deltas = {name: ks.solve() for name, ks in memory.items()}
-        return cls(deltas, layouts, requests, base_model, model, memory)
+        """The least-squares edit solving ``memory`` (one solve per matrix, when needed)."""
+        return cls(None, layouts, requests, base_model, model, memory)
+
+    @property
+    def deltas(self) -> dict[str, LowRankDelta]:
+        """The change per edited module (solved now if not yet)."""
+        if self._deltas is None:
+            self._deltas = {name: ks.solve() for name, ks in self.memory.items()}
+        return self._deltas
+
+    @property
+    def modules(self) -> list[str]:
+        """Names of the edited modules."""
+        return list(self.memory if self.memory is not None else self.deltas)
 
     @property
     def aggregation(self) -> str:
         return "sum" if self.memory is None else "least_squares"
 
     def __repr__(self) -> str:
-        ranks = [d.rank for d in self.deltas.values()] or [0]
-        return (
-            f"Edit({len(self.requests)} request(s), {self.state}, {len(self.deltas)} matrices, "
-            f"rank {min(ranks)}-{max(ranks)})"
-        )
+        if self._deltas is None:
+            shape = "not yet solved"
+        else:
+            ranks = [d.rank for d in self._deltas.values()] or [0]
+            shape = f"rank {min(ranks)}-{max(ranks)}"
+        return f"Edit({len(self.requests)} request(s), {self.state}, {len(self.modules)} matrices, {shape})"
 
     # -- applying ---------------------------------------------------------------------
     def _target(self, model: EditableModel | None) -> EditableModel:
         model = model or self.model
         if model is None:
             raise ValueError("this edit is not bound to a model: pass one to apply()")
-        missing = sorted(set(self.deltas) - {t.module_name for t in model.targets})
+        missing = sorted(set(self.modules) - {t.module_name for t in model.targets})
         if missing:
             raise ValueError(f"the model has no edited modules named {missing}")
         return model
@@ -285,7 +300,7 @@ class Edit:
             "penalty": penalty,
             "base_model": self.base_model,
             "layouts": self.layouts,
-            "modules": list(self.deltas),
+            "modules": self.modules,
             "requests": [asdict(r) for r in self.requests],
         }
         (directory / "edit.json").write_text(json.dumps(meta, indent=2))

@@ -160,9 +160,14 @@ def apply_corrections(
             for index, request in enumerate(stored.requests):
                 parts[request.request_id] = stored.select([index])
         hooked = _Hooked(model, stored)
+        # ``parts`` as one edit: once solved it holds each matrix's normal equations, so a
+        # batch that replaces none of them adds only its own rows (least squares).
+        active = stored
 
         def combined(new: Edit, replaced: set[str]) -> Edit:
-            return Edit.concat([*(p for cid, p in parts.items() if cid not in replaced), new])
+            if replaced:
+                return Edit.concat([*(p for cid, p in parts.items() if cid not in replaced), new])
+            return Edit.concat([active, new] if active is not None else [new])
 
         @contextlib.contextmanager
         def published_with(new: Edit, replaced: set[str]) -> Iterator[None]:
@@ -193,7 +198,8 @@ def apply_corrections(
                 replaced = _superseded(parts, published, batch)
                 edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
                                    passes=config.passes, applied_as=partial(published_with, replaced=replaced))
-                hooked.swap(combined(edit, replaced))
+                judged = combined(edit, replaced)
+                hooked.swap(judged)
                 metrics = correction_metrics(model, batch, pre)
                 accepted = []
                 for index, correction in enumerate(batch):
@@ -208,9 +214,12 @@ def apply_corrections(
                     continue
                 accepted_corrections = [batch[i] for i in accepted]
                 superseded = _superseded(parts, published, accepted_corrections)
-                part = edit.select(accepted)
-                full = combined(part, superseded)
-                hooked.swap(full)
+                if len(accepted) == len(batch):  # what was judged is what gets published
+                    part, full = edit, judged
+                else:
+                    part = edit.select(accepted)
+                    full = combined(part, superseded)
+                    hooked.swap(full)
                 regression = regression_agreement(model, probes, pre)
                 if regression < config.policy.min_regression:
                     reason = (f"batch changed the regression probes: agreement {regression:.3f} "
@@ -246,6 +255,7 @@ def apply_corrections(
                 report.versions.append(version)
                 for cid in superseded:
                     parts.pop(cid)
+                active = full
                 for offset, c in enumerate(accepted_corrections):
                     parts[c.id] = part.select([offset])
                 entries = versions.active(version)

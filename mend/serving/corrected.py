@@ -55,7 +55,7 @@ class CorrectedModel(mlflow.pyfunc.PythonModel):
         base = context.artifacts.get("base_model") or config["base_model"]
         edit_dir = context.artifacts.get("edit")
         edit = Edit.load(edit_dir) if edit_dir else None
-        patterns = [re.escape(n) for n in sorted(edit.deltas)] if edit is not None else None
+        patterns = [re.escape(n) for n in sorted(edit.modules)] if edit is not None else None
         self.model = EditableModel.load(base, dtype=config.get("dtype", "float32"), patterns=patterns)
         if edit is not None:
             expected = edit.base_model.get("fingerprint")

@@ -254,3 +254,32 @@ def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_
     first, second = hooked_per_pass
     assert len(first) == 1 and len(second) == 1 and first != second
     assert DeltaHooks.of(model.model).keys() == []
+
+
+def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_full_solve(tmp_path, monkeypatch):
+    model, _ = tiny_editing_setup()
+    editor = _least_squares_editor(model)
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    queue.submit(correction_dicts(16))
+    published = {}
+    publish = VersionStore.publish
+
+    def spy(self, parent, new_delta, active, details, full_edit=None):
+        published[(parent or 0) + 1] = full_edit
+        return publish(self, parent, new_delta, active, details, full_edit=full_edit)
+
+    monkeypatch.setattr(VersionStore, "publish", spy)
+    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT))
+    assert report.versions == [1, 2, 3, 4]
+    versions = VersionStore(queue.store)
+    final = published[4]
+    from_rows = versions.load_edit(versions.active(4))
+    dense_solved = 0
+    for name, ks in final.memory.items():
+        # Past the matrix's narrower side the run solved from summed normal equations ...
+        if ks.normal is not None:
+            dense_solved += 1
+            assert len(ks.keys) > min(ks.keys.shape[1], ks.shifts.shape[1])
+        # ... and published what a solve over every stored row gives.
+        assert torch.allclose(final.dense()[name], from_rows.dense()[name], atol=1e-5)
+    assert dense_solved > 0

@@ -192,3 +192,60 @@ def test_further_passes_are_captured_on_the_edited_model_and_stay_per_request(ag
         editor.edit(model, prompts, targets, passes=0)
     with pytest.raises(ValueError, match="same requests"):
         once.with_pass(editor.edit(model, prompts[:1], targets[:1]))
+
+
+def _key_shifts(n, seed, precond=None):
+    from mend.aggregation import KeyShifts
+
+    generator = torch.Generator().manual_seed(seed)
+    keys, shifts = torch.randn(n, 8, generator=generator) * 3, torch.randn(n, 5, generator=generator)
+    return KeyShifts(keys, shifts, torch.zeros(n, dtype=torch.long), torch.tensor(0.2), precond)
+
+
+@pytest.mark.parametrize("with_penalty", [False, True])
+def test_normal_equations_of_parts_add_up_to_the_solve_over_all_rows(with_penalty):
+    from mend.aggregation import KeyShifts
+
+    a = torch.randn(8, 8, generator=torch.Generator().manual_seed(3))
+    precond = torch.linalg.inv(a @ a.T / 8 + 0.1 * torch.eye(8)) if with_penalty else None
+    active = KeyShifts.cat([_key_shifts(30, 0, precond), _key_shifts(20, 1, precond)])
+    active.solve()  # more rows than dimensions: solved from, and keeps, its normal equations
+    assert active.normal is not None
+    new = _key_shifts(3, 2, precond)
+    combined = KeyShifts.cat([active, new])
+    assert combined.normal is not None
+    rows = KeyShifts.cat([_key_shifts(30, 0, precond), _key_shifts(20, 1, precond), _key_shifts(3, 2, precond)])
+    assert rows.normal is None
+    assert torch.allclose(_dense(combined.solve()), _dense(rows.solve()), atol=1e-5)
+    # Taking rows out re-computes from the rows that are left.
+    kept = combined.select(torch.arange(len(combined.keys)) >= 30)
+    assert kept.normal is None
+    assert torch.allclose(_dense(kept.solve()), _dense(KeyShifts.cat([_key_shifts(20, 1, precond), new]).solve()),
+                          atol=1e-5)
+
+
+def test_dense_solve_is_differentiable_and_keeps_nothing_that_carries_gradients():
+    ks = _key_shifts(30, 0)
+    ks.shifts.requires_grad_(True)
+    ks.lam.requires_grad_(True)
+    _dense(ks.solve()).square().sum().backward()
+    assert ks.shifts.grad is not None and ks.shifts.grad.abs().sum() > 0
+    assert ks.lam.grad is not None and ks.lam.grad != 0
+    assert ks.normal is None
+
+
+def test_a_least_squares_edit_is_solved_only_when_its_change_is_needed(monkeypatch):
+    from mend.aggregation import KeyShifts
+
+    model = tiny_model("llama")
+    editor = _editor(model)
+    prompts, targets = REQUESTS["causal"]
+    solves = []
+    solve = KeyShifts.solve
+    monkeypatch.setattr(KeyShifts, "solve", lambda self: solves.append(1) or solve(self))
+    edit = editor.edit(model, prompts, targets, ["a", "b"])
+    parts = [edit.select([0]), edit.select([1])]
+    both = Edit.concat(parts)
+    assert solves == [] and "not yet solved" in repr(both)
+    with both.applied(model):
+        assert len(solves) == len(model.targets)
