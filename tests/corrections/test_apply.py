@@ -260,7 +260,8 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
     model, _ = tiny_editing_setup()
     editor = _least_squares_editor(model)
     queue = CorrectionQueue(open_store(tmp_path / "store"))
-    queue.submit(correction_dicts(16))
+    items = correction_dicts(20)
+    queue.submit(items[:16])
     published = {}
     publish = VersionStore.publish
 
@@ -283,3 +284,15 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
         # ... and published what a solve over every stored row gives.
         assert torch.allclose(final.dense()[name], from_rows.dense()[name], atol=1e-5)
     assert dense_solved > 0
+    # A newer fix of an active correction's prompt replaces its rows; later batches of
+    # the same run build on the active set without them.
+    newer = {**items[0], "id": "newer", "target": items[1]["target"]}
+    queue.submit([newer, *items[16:]])
+    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    assert report.versions == [5, 6, 7]
+    assert versions.manifest(5)["superseded"] == [items[0]["id"]]
+    final, from_rows = published[7], versions.load_edit(versions.active(7))
+    assert items[0]["id"] not in {r.request_id for r in final.requests}
+    assert [r.request_id for r in final.requests] == [r.request_id for r in from_rows.requests]
+    for name in final.memory:
+        assert torch.allclose(final.dense()[name], from_rows.dense()[name], atol=1e-5)
