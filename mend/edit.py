@@ -25,9 +25,10 @@ from mend.models.targets import Layout
 from mend.storage.checksum import sha256_file
 
 # 2: least-squares regularisers are relative to the keys' energy and carry a key
-# penalty. Summed edits are unchanged since 1.
-EDIT_FORMAT = "mend-edit/2"
-READABLE_FORMATS = {"mend-edit/1", EDIT_FORMAT}
+# penalty. 3: a least-squares edit may be stored solved (its factors only). Summed
+# edits are unchanged since 1.
+EDIT_FORMAT = "mend-edit/3"
+READABLE_FORMATS = {"mend-edit/1", "mend-edit/2", EDIT_FORMAT}
 PENALTY_FILE = "penalty.safetensors"
 
 
@@ -86,6 +87,7 @@ class Edit:
         base_model: dict,
         model: EditableModel | None = None,
         memory: dict[str, KeyShifts] | None = None,
+        solved_from: str | None = None,
     ):
         if deltas is None and memory is None:
             raise ValueError("an edit needs its changes or the key shifts to solve them from")
@@ -95,6 +97,7 @@ class Edit:
         self.base_model = base_model
         self.model = model
         self.memory = memory
+        self.solved_from = solved_from
         self.state: State = "detached"
         self._key = uuid.uuid4().hex
 
@@ -124,7 +127,29 @@ class Edit:
 
     @property
     def aggregation(self) -> str:
+        if self.solved_from is not None:
+            return self.solved_from
         return "sum" if self.memory is None else "least_squares"
+
+    def solved(self) -> Edit:
+        """This edit's change alone, as low-rank factors: what serving it needs.
+
+        A least-squares edit keeps every request's keys and shifts so that it can be
+        re-solved; its solved form drops them. It is then no larger than one dense change
+        per matrix however many requests it holds, and it loads without a solve, but it
+        can no longer be combined, narrowed or re-solved. Summed edits are returned as
+        they are."""
+        if self.memory is None:
+            return self
+        deltas = {name: delta.detach() for name, delta in self.deltas.items()}
+        return Edit(deltas, self.layouts, self.requests, self.base_model, self.model, solved_from=self.aggregation)
+
+    def _refuse_if_solved(self, action: str) -> None:
+        if self.solved_from is not None:
+            raise ValueError(
+                f"cannot {action} a solved {self.solved_from} edit: it no longer holds its requests' keys "
+                "and shifts; use the edit it was solved from"
+            )
 
     def __repr__(self) -> str:
         if self._deltas is None:
@@ -200,6 +225,8 @@ class Edit:
         edits = list(edits)
         if not edits:
             raise ValueError("nothing to concatenate")
+        for e in edits:
+            e._refuse_if_solved("combine")
         base = edits[0].base_model
         if any(e.base_model.get("fingerprint") != base.get("fingerprint") for e in edits):
             raise ValueError("edits were made for different base models")
@@ -232,6 +259,7 @@ class Edit:
         model with this edit applied): both passes' rows, each still its request's, so
         :meth:`select` and :meth:`concat` keep working per request. Least-squares rows
         are one solve, under ``further``'s regularisers."""
+        self._refuse_if_solved("add a pass to")
         if [(r.prompt, r.target) for r in further.requests] != [(r.prompt, r.target) for r in self.requests]:
             raise ValueError("a further pass must be made from the same requests, in the same order")
         if further.aggregation != self.aggregation:
@@ -244,6 +272,7 @@ class Edit:
 
     def select(self, request_indices: Sequence[int]) -> Edit:
         """The part of this edit made from the given requests (renumbered from 0)."""
+        self._refuse_if_solved("select from")
         index = torch.as_tensor(list(request_indices), dtype=torch.long)
         remap = torch.full((len(self.requests),), -1, dtype=torch.long)
         remap[index] = torch.arange(len(index))
@@ -296,6 +325,7 @@ class Edit:
         meta = {
             "format": EDIT_FORMAT,
             "aggregation": self.aggregation,
+            "solved": self.solved_from is not None,
             "lambdas": lambdas,
             "penalty": penalty,
             "base_model": self.base_model,
@@ -318,14 +348,14 @@ class Edit:
         fmt = meta.get("format")
         if fmt not in READABLE_FORMATS:
             raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={fmt})")
-        if fmt != EDIT_FORMAT and meta.get("aggregation") == "least_squares":
+        if fmt == "mend-edit/1" and meta.get("aggregation") == "least_squares":
             raise ValueError(
                 f"{directory} is a {fmt} least-squares edit, solved with an absolute regulariser: "
                 "compute it again with its editor"
             )
         tensors = load_file(directory / "edit.safetensors")
         requests = [EditRequest(**r) for r in meta["requests"]]
-        if meta.get("aggregation") == "least_squares":
+        if meta.get("aggregation") == "least_squares" and not meta.get("solved", False):
             penalties = _read_penalties(directory, penalty_of(meta), penalty_cache)
             memory = {
                 name: KeyShifts(
@@ -341,7 +371,8 @@ class Edit:
                 name: LowRankDelta(tensors[f"{name}.u"], tensors[f"{name}.v"], tensors[f"{name}.example"])
                 for name in meta["modules"]
             }
-            edit = cls(deltas, meta["layouts"], requests, meta["base_model"])
+            solved_from = meta["aggregation"] if meta.get("solved", False) else None
+            edit = cls(deltas, meta["layouts"], requests, meta["base_model"], solved_from=solved_from)
         if model is not None:
             edit.model = edit._target(model)
         return edit

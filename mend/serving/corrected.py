@@ -11,7 +11,8 @@ Input: a DataFrame with a string column ``prompt``; output: a DataFrame with one
 column ``answer``, the greedy continuation of each prompt. Params: ``max_new_tokens``.
 
 Artifacts: ``edit`` (the version's combined low-rank edit, ``edit.safetensors`` +
-``edit.json``; absent when the version has no active corrections) and optionally
+``edit.json``, solved: see :meth:`mend.edit.Edit.solved`; absent when the version has
+no active corrections) and optionally
 ``base_model`` (a model folder). The edit is merged into the weights once at load time,
 so answering costs what the base model costs. Loading refuses a base model whose
 weights differ from the ones the corrections were computed on.

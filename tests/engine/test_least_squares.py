@@ -249,3 +249,53 @@ def test_a_least_squares_edit_is_solved_only_when_its_change_is_needed(monkeypat
     assert solves == [] and "not yet solved" in repr(both)
     with both.applied(model):
         assert len(solves) == len(model.targets)
+
+
+def test_a_solved_edit_serves_the_same_change_without_its_keys_and_refuses_to_re_solve(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    editor = Editor.for_model(model, LS.model_copy(update={"key_preconditioning": "covariance"}))
+    prompts, targets = REQUESTS["causal"]
+    editor.fit_normalization(model, prompts, targets)
+    editor.fit_key_covariance(model, prompts)
+    edit = editor.edit(model, prompts, targets, ["a", "b"])
+    edit.solved().save(tmp_path / "solved")
+    assert not (tmp_path / "solved" / "penalty.safetensors").exists()
+    assert not any(k.endswith(".keys") for k in load_file(tmp_path / "solved" / "edit.safetensors"))
+    solved = Edit.load(tmp_path / "solved")
+    assert solved.aggregation == "least_squares" and solved.memory is None
+    assert [r.request_id for r in solved.requests] == ["a", "b"]
+    batch = model.task.batch(prompts, targets)
+    with torch.no_grad():
+        with edit.applied(model):
+            expected = model.task.logits(model.model, batch)
+        with solved.applied(model):
+            got = model.task.logits(model.model, batch)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for refused in (lambda: solved.select([0]), lambda: Edit.concat([edit, solved]), lambda: solved.with_pass(edit)):
+        with pytest.raises(ValueError, match="solved least_squares edit"):
+            refused()
+    summed = _editor(model, EditorConfig(rank=16)).edit(model, prompts, targets)
+    assert summed.solved() is summed
+
+
+@pytest.mark.parametrize(("fmt", "readable"), [("mend-edit/1", False), ("mend-edit/2", True)])
+def test_older_least_squares_edit_formats(tmp_path, fmt, readable):
+    import json
+
+    model = tiny_model("llama")
+    editor = _editor(model)
+    prompts, targets = REQUESTS["causal"]
+    edit = editor.edit(model, prompts, targets)
+    meta_path = edit.save(tmp_path / "e") / "edit.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["solved"]  # as format 2 wrote it
+    meta_path.write_text(json.dumps({**meta, "format": fmt}))
+    if readable:
+        name = model.targets[0].module_name
+        assert torch.allclose(Edit.load(tmp_path / "e").dense()[name], edit.dense()[name], atol=1e-6)
+    else:  # solved with an absolute regulariser: its figures would mean something else now
+        with pytest.raises(ValueError, match="absolute regulariser"):
+            Edit.load(tmp_path / "e")

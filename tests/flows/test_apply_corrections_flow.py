@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -96,6 +97,11 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     assert got == expected
     base_answers = [a.strip() for a in model.generate(prompts, 3)]
     assert got != base_answers  # the corrections changed something
+    # The registry holds the solved change; the store keeps what re-solving needs.
+    logged = Path(mlflow.artifacts.download_artifacts(f"models:/{CORRECTED}@current"))
+    (edit_json,) = logged.rglob("edit.json")
+    saved = json.loads(edit_json.read_text())
+    assert saved["aggregation"] == aggregation and saved["solved"] == (aggregation == "least_squares")
 
 
 def test_rerun_is_a_no_op_and_rollbacks_are_registered_with_lineage(deployment):
