@@ -57,6 +57,12 @@ class ApplyConfig(BaseModel):
         description="captures per batch: each further one re-captures the batch on the model with "
         "its edit so far applied and adds the editor's answer as more rows (Editor.edit)",
     )
+    keep_adapters: int | None = Field(
+        None,
+        ge=1,
+        description="keep the PEFT adapters of only the newest N versions (None: all); older ones "
+        "are rebuilt from their deltas on demand (VersionStore.export_adapter)",
+    )
     lease_ttl_s: float = Field(600.0, gt=0)
     policy: AcceptancePolicy = AcceptancePolicy()
     regression_probes: list[LocalityProbe] = Field(default_factory=lambda: list(DEFAULT_REGRESSION_PROBES))
@@ -247,6 +253,8 @@ def apply_corrections(
                 }
                 version = versions.publish(latest, part, kept, manifest_details, full_edit=full)
                 latest = version
+                if config.keep_adapters is not None:
+                    versions.prune_adapters(config.keep_adapters)
                 log(f"published version {version} with {len(accepted)} new corrections")
                 for c in accepted_corrections:
                     published[c.id] = Published(version, c.prompt_key, metrics[c.id])

@@ -6,6 +6,8 @@
     mend corrections rollback --id fix-17 --reason "source was wrong"
     mend corrections rollback --to-version 3
     mend corrections show [VERSION]
+    mend corrections adapter VERSION --out adapter/   # rebuilt from the version's deltas
+    mend corrections prune-adapters --keep 10
 
 The queue lives on an artifact store: ``--store`` (or ``$MEND_STORE``) is a local
 directory or an ``s3://bucket/prefix`` URI.
@@ -90,7 +92,8 @@ def apply(
     editor: Path = typer.Option(..., exists=True, help="editor directory"),
     model: str = typer.Option(None, help="base model (default: the editor's)"),
     config: Path = typer.Option(
-        None, exists=True, help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale, passes"
+        None, exists=True,
+        help="YAML ApplyConfig: batch_size, policy, regression_probes, regulariser_scale, passes, keep_adapters",
     ),
     batch_size: int = typer.Option(None, help="overrides the config's batch size"),
     regulariser_scale: float = typer.Option(
@@ -153,3 +156,30 @@ def show(
         console.print("nothing published yet")
         raise typer.Exit(code=1)
     console.print_json(json.dumps(versions.manifest(version)))
+
+
+@app.command()
+def adapter(
+    version: int = typer.Argument(..., help="published version"),
+    out: Path = typer.Option(..., help="directory to write the PEFT adapter to"),
+    store: str = StoreOption,
+    prefix: str = PrefixOption,
+) -> None:
+    """Write a version's corrections as a PEFT LoRA adapter, rebuilt from its deltas."""
+    from mend.corrections.versions import VersionStore
+
+    VersionStore(_queue(store, prefix).store, prefix).export_adapter(version, out)
+    console.print(f"adapter of version {version} written to {out}")
+
+
+@app.command("prune-adapters")
+def prune_adapters(
+    keep: int = typer.Option(..., min=1, help="keep the adapters of this many newest versions"),
+    store: str = StoreOption,
+    prefix: str = PrefixOption,
+) -> None:
+    """Delete older versions' published PEFT adapters (their deltas stay: see ``adapter``)."""
+    from mend.corrections.versions import VersionStore
+
+    pruned = VersionStore(_queue(store, prefix).store, prefix).prune_adapters(keep)
+    console.print(f"pruned the adapters of versions {pruned}" if pruned else "nothing to prune")

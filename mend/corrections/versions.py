@@ -15,6 +15,12 @@ rolling one back is a new manifest without it. A least-squares delta's key penal
 content hash under ``penalties/`` and fetched next to each delta on load. The active
 least-squares corrections are solved together with the newest active delta's
 regularisers and key penalty (:meth:`mend.edit.Edit.concat`).
+
+Each version also carries its full edit as a PEFT adapter, for multi-LoRA serving.
+With many least-squares corrections that adapter is a dense change per matrix (44 MB
+for SmolLM2), published again with every version; :meth:`VersionStore.prune_adapters`
+deletes those of older versions. Their deltas stay, so
+:meth:`VersionStore.export_adapter` rebuilds any version's adapter on demand.
 """
 
 from __future__ import annotations
@@ -85,6 +91,46 @@ class VersionStore:
         if version is None:
             return []
         return [ActiveEntry.from_json(e) for e in self.manifest(version)["active"]]
+
+    def _pruned_key(self, version: int) -> str:
+        return f"{self._dir(version)}/adapter-pruned.json"
+
+    def adapter(self, version: int) -> str | None:
+        """Where version ``version``'s PEFT adapter lies on the store; None when it has
+        none or it was pruned (:meth:`export_adapter` rebuilds it)."""
+        key = self.manifest(version).get("adapter")
+        return None if key is None or self.store.exists(self._pruned_key(version)) else key
+
+    def prune_adapters(self, keep: int) -> list[int]:
+        """Delete the PEFT adapters of all but the newest ``keep`` versions; returns the
+        versions pruned now. Manifests and deltas stay, so every version can still be
+        served, rolled back to, verified and have its adapter rebuilt. Safe to repeat: a
+        prune interrupted after its marker finishes on the next call."""
+        if keep < 1:
+            raise ValueError(f"keep at least the newest version's adapter, got keep={keep}")
+        pruned = []
+        for version in self.versions()[:-keep]:
+            manifest = self.manifest(version)
+            if manifest.get("adapter") is None:
+                continue
+            marker = self._pruned_key(version)
+            # The marker first: a version whose adapter is partly deleted is already
+            # marked as having none.
+            if not self.store.exists(marker):
+                self.store.put_json(marker, {"pruned_at": now().isoformat(), "files": sorted(manifest["files"])})
+                pruned.append(version)
+            for key in manifest["files"]:
+                if self.store.exists(key):
+                    self.store.delete(key)
+        return pruned
+
+    def export_adapter(self, version: int, directory: str | Path) -> Path:
+        """Write version ``version``'s full edit as a PEFT adapter to ``directory``,
+        rebuilt from its active deltas (a pruned version's too)."""
+        edit = self.load_edit(self.active(version))
+        if edit is None:
+            raise ValueError(f"version {version} has no active corrections, so no adapter")
+        return edit.to_peft(directory, edit.base_model.get("name"))
 
     def added_by(self, entry: ActiveEntry) -> int:
         """The version whose apply run stored ``entry``'s delta."""
@@ -194,9 +240,11 @@ class VersionStore:
         return removed
 
     def verify(self, version: int) -> None:
-        """Check that every file of a published version is present and intact."""
+        """Check that every file of a published version is present and intact (a pruned
+        adapter excepted: its marker says it is gone on purpose)."""
         manifest = self.manifest(version)
-        for key, sha in manifest["files"].items():
+        adapter_files = {} if self.adapter(version) is None else manifest["files"]
+        for key, sha in adapter_files.items():
             if self.store.info(key).sha256 != sha:
                 raise ValueError(f"version {version}: {key} does not match its manifest")
         for entry in manifest["active"]:

@@ -296,3 +296,32 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
     assert [r.request_id for r in final.requests] == [r.request_id for r in from_rows.requests]
     for name in final.memory:
         assert torch.allclose(final.dense()[name], from_rows.dense()[name], atol=1e-5)
+
+
+def test_older_versions_adapters_are_pruned_and_rebuilt_on_demand(tmp_path):
+    from safetensors.torch import load_file
+
+    model, editor = tiny_editing_setup()
+    stores = {}
+    for keep in (None, 2):
+        queue = CorrectionQueue(open_store(tmp_path / f"store-{keep}"))
+        queue.submit(correction_dicts(8))
+        apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, keep_adapters=keep))
+        stores[keep] = VersionStore(queue.store)
+    everything, pruned = stores[None], stores[2]
+    assert pruned.versions() == everything.versions() == [1, 2, 3, 4]
+    assert [v for v in pruned.versions() if pruned.adapter(v)] == [3, 4]
+    assert all(everything.adapter(v) for v in everything.versions())
+    assert pruned.store.list(pruned.manifest(1)["adapter"] + "/") == []
+    for version in pruned.versions():  # a pruned adapter is gone on purpose, not corrupt
+        pruned.verify(version)
+    assert pruned.prune_adapters(2) == [] and pruned.prune_adapters(1) == [3]
+    # What is rebuilt from the deltas is what was published.
+    everything.store.download_dir(everything.adapter(2), tmp_path / "published")
+    pruned.export_adapter(2, tmp_path / "rebuilt")
+    published = load_file(tmp_path / "published" / "adapter_model.safetensors")
+    rebuilt = load_file(tmp_path / "rebuilt" / "adapter_model.safetensors")
+    assert published.keys() == rebuilt.keys()
+    assert all(torch.allclose(published[k], rebuilt[k], atol=1e-6) for k in published)
+    with pytest.raises(ValueError, match="keep at least"):
+        pruned.prune_adapters(0)

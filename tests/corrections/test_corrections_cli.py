@@ -51,3 +51,13 @@ def test_submit_apply_list_show_rollback(tmp_path):
     result = runner.invoke(app, ["corrections", "show", *store])
     manifest = json.loads(result.output)
     assert manifest["rollback"]["removed"] == [items[0]["id"]]
+
+    # Older versions' adapters can go; any version's is rebuilt from its deltas.
+    result = runner.invoke(app, ["corrections", "prune-adapters", "--keep", "1", *store])
+    assert result.exit_code == 0 and "versions [1]" in result.output
+    assert VersionStore(open_store(tmp_path / "store")).adapter(1) is None
+    result = runner.invoke(app, ["corrections", "adapter", "1", "--out", str(tmp_path / "adapter"), *store])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    result = runner.invoke(app, ["corrections", "prune-adapters", "--keep", "0", *store])
+    assert result.exit_code != 0
