@@ -260,6 +260,7 @@ class Edit:
         :meth:`select` and :meth:`concat` keep working per request. Least-squares rows
         are one solve, under ``further``'s regularisers."""
         self._refuse_if_solved("add a pass to")
+        further._refuse_if_solved("add as a pass")
         if [(r.prompt, r.target) for r in further.requests] != [(r.prompt, r.target) for r in self.requests]:
             raise ValueError("a further pass must be made from the same requests, in the same order")
         if further.aggregation != self.aggregation:

@@ -274,7 +274,8 @@ def test_a_solved_edit_serves_the_same_change_without_its_keys_and_refuses_to_re
         with solved.applied(model):
             got = model.task.logits(model.model, batch)
     assert torch.allclose(got, expected, atol=1e-5)
-    for refused in (lambda: solved.select([0]), lambda: Edit.concat([edit, solved]), lambda: solved.with_pass(edit)):
+    for refused in (lambda: solved.select([0]), lambda: Edit.concat([edit, solved]), lambda: solved.with_pass(edit),
+                    lambda: edit.with_pass(solved)):
         with pytest.raises(ValueError, match="solved least_squares edit"):
             refused()
     summed = _editor(model, EditorConfig(rank=16)).edit(model, prompts, targets)
