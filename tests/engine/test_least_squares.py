@@ -122,14 +122,19 @@ def test_meta_gradient_reaches_network_lrs_and_regularisers():
     assert editor.nets["32x64"].blocks[0].up.grad.abs().sum() > 0
 
 
-def test_key_penalty_is_saved_beside_the_edit_and_required_on_load(tmp_path):
-    model = tiny_model("llama")
+def _covariance_editor(model):
     torch.manual_seed(0)
     editor = Editor.for_model(model, LS.model_copy(update={"key_preconditioning": "covariance"}))
     prompts, targets = REQUESTS["causal"]
     editor.fit_normalization(model, prompts, targets)
     editor.fit_key_covariance(model, prompts)
-    edit = editor.edit(model, prompts, targets)
+    return editor
+
+
+def test_key_penalty_is_saved_beside_the_edit_and_required_on_load(tmp_path):
+    model = tiny_model("llama")
+    prompts, targets = REQUESTS["causal"]
+    edit = _covariance_editor(model).edit(model, prompts, targets)
     edit.save(tmp_path / "e")
     name = model.targets[0].module_name
     assert torch.allclose(Edit.load(tmp_path / "e").dense()[name], edit.dense()[name], atol=1e-6)
@@ -255,12 +260,8 @@ def test_a_solved_edit_serves_the_same_change_without_its_keys_and_refuses_to_re
     from safetensors.torch import load_file
 
     model = tiny_model("llama")
-    torch.manual_seed(0)
-    editor = Editor.for_model(model, LS.model_copy(update={"key_preconditioning": "covariance"}))
     prompts, targets = REQUESTS["causal"]
-    editor.fit_normalization(model, prompts, targets)
-    editor.fit_key_covariance(model, prompts)
-    edit = editor.edit(model, prompts, targets, ["a", "b"])
+    edit = _covariance_editor(model).edit(model, prompts, targets, ["a", "b"])
     edit.solved().save(tmp_path / "solved")
     assert not (tmp_path / "solved" / "penalty.safetensors").exists()
     assert not any(k.endswith(".keys") for k in load_file(tmp_path / "solved" / "edit.safetensors"))
