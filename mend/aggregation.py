@@ -122,8 +122,8 @@ class KeyShifts:
 
     def penalty_matrix(self) -> Tensor | None:
         """``M = precond^-1`` in double (None: the identity), computed once."""
-        if self.penalty is None and self.precond is not None:
-            self.penalty = torch.linalg.inv(self.precond.detach().double())
+        if self.penalty is None:
+            self.penalty = penalty_from(self.precond)
         return self.penalty
 
     def solve(self) -> LowRankDelta:
@@ -171,14 +171,18 @@ def solve_shift(keys: Tensor, shifts: Tensor, lam: Tensor, precond: Tensor | Non
     if n == 0:
         return LowRankDelta(keys.new_zeros(0, d_in), shifts.new_zeros(0, d_out), torch.zeros(0, dtype=torch.long))
     if n > min(d_in, d_out):
-        penalty = None if precond is None else torch.linalg.inv(precond.detach().double())
-        return solve_normal(NormalEquations.of(keys, shifts), lam, penalty)
+        return solve_normal(NormalEquations.of(keys, shifts), lam, penalty_from(precond))
     # The rows' mean energy per dimension: keys come from the frozen model, not trained.
     ridge = lam * (keys.detach().square().sum() / d_in)
     weighted = keys if precond is None else keys @ precond  # U P
     gram = weighted @ keys.T + ridge * torch.eye(n, dtype=keys.dtype, device=keys.device)
     u = torch.linalg.solve(gram, weighted)  # (U P U^T + lam t I)^-1 U P
     return LowRankDelta(u, shifts, torch.full((n,), -1, dtype=torch.long, device=u.device))
+
+
+def penalty_from(precond: Tensor | None) -> Tensor | None:
+    """The key penalty ``M`` (double) of an editor's preconditioner ``P = M^-1``."""
+    return None if precond is None else torch.linalg.inv(precond.detach().double())
 
 
 def solve_normal(normal: NormalEquations, lam: Tensor, penalty: Tensor | None = None) -> LowRankDelta:

@@ -253,8 +253,6 @@ def apply_corrections(
                 }
                 version = versions.publish(latest, part, kept, manifest_details, full_edit=full)
                 latest = version
-                if config.keep_adapters is not None:
-                    versions.prune_adapters(config.keep_adapters)
                 log(f"published version {version} with {len(accepted)} new corrections")
                 for c in accepted_corrections:
                     published[c.id] = Published(version, c.prompt_key, metrics[c.id])
@@ -269,6 +267,9 @@ def apply_corrections(
                 entries = versions.active(version)
                 if on_publish is not None:
                     on_publish(version, versions.manifest(version))
+            # Once per run, not per batch: it reads every older version's manifest.
+            if config.keep_adapters is not None:
+                versions.prune_adapters(config.keep_adapters)
         finally:
             hooked.swap(None)
     report.seconds = time.monotonic() - started

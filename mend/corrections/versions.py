@@ -95,11 +95,14 @@ class VersionStore:
     def _pruned_key(self, version: int) -> str:
         return f"{self._dir(version)}/adapter-pruned.json"
 
+    def _adapter_pruned(self, version: int) -> bool:
+        return self.store.exists(self._pruned_key(version))
+
     def adapter(self, version: int) -> str | None:
         """Where version ``version``'s PEFT adapter lies on the store; None when it has
         none or it was pruned (:meth:`export_adapter` rebuilds it)."""
         key = self.manifest(version).get("adapter")
-        return None if key is None or self.store.exists(self._pruned_key(version)) else key
+        return None if key is None or self._adapter_pruned(version) else key
 
     def prune_adapters(self, keep: int) -> list[int]:
         """Delete the PEFT adapters of all but the newest ``keep`` versions; returns the
@@ -113,11 +116,10 @@ class VersionStore:
             manifest = self.manifest(version)
             if manifest.get("adapter") is None:
                 continue
-            marker = self._pruned_key(version)
             # The marker first: a version whose adapter is partly deleted is already
             # marked as having none.
-            if not self.store.exists(marker):
-                self.store.put_json(marker, {"pruned_at": now().isoformat(), "files": sorted(manifest["files"])})
+            if not self._adapter_pruned(version):
+                self.store.put_json(self._pruned_key(version), {"pruned_at": now().isoformat(), "files": sorted(manifest["files"])})
                 pruned.append(version)
             for key in manifest["files"]:
                 if self.store.exists(key):
@@ -243,7 +245,7 @@ class VersionStore:
         """Check that every file of a published version is present and intact (a pruned
         adapter excepted: its marker says it is gone on purpose)."""
         manifest = self.manifest(version)
-        adapter_files = {} if self.adapter(version) is None else manifest["files"]
+        adapter_files = {} if self._adapter_pruned(version) else manifest["files"]
         for key, sha in adapter_files.items():
             if self.store.info(key).sha256 != sha:
                 raise ValueError(f"version {version}: {key} does not match its manifest")
