@@ -1,0 +1,95 @@
+"""The references of bench.edits_ceiling: what the solve reaches with ideal shifts, and
+what direct optimisation of the edited matrices reaches."""
+
+import torch
+
+from bench.edits_ceiling import (
+    DirectChange,
+    SolvedShifts,
+    first_block,
+    hidden_before,
+    optimised_rows,
+    starting_at,
+)
+from mend.editor.editor import base_model_info
+from mend.models.tasks import per_example_nll
+from tests.support.synthetic import synthetic_records
+from tests.support.tiny_models import tiny_model
+
+
+def _nll(model, records) -> torch.Tensor:
+    batch = model.task.batch([r.prompt for r in records], [r.target for r in records])
+    with torch.no_grad():
+        return per_example_nll(model.task.logits(model.model, batch), batch.scored_labels)
+
+
+def _frozen_llama():
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    for p in model.model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {
+        t.module_name: model.model.get_submodule(t.module_name).weight.detach().clone()
+        for t in model.targets
+    }
+
+
+def test_starting_at_the_first_edited_block_gives_the_full_forward():
+    model = tiny_model("llama")
+    records = synthetic_records(6)
+    batch = model.task.batch([r.prompt for r in records], [r.target for r in records])
+    first = first_block(model)
+    assert first == 1  # the last 3 of 4 blocks
+    with torch.no_grad():
+        full = model.task.logits(model.model, batch)
+        with starting_at(model, first, hidden_before(model, batch, first)):
+            assert len(model.model.model.layers) == 3
+            truncated = model.task.logits(model.model, batch)
+    assert len(model.model.model.layers) == 4
+    torch.testing.assert_close(truncated, full)
+
+
+def test_optimised_shifts_make_each_edit_hold_alone_and_solve_into_a_removable_edit():
+    model = _frozen_llama()
+    records = synthetic_records(4)
+    before = _nll(model, records)
+    rows, alone = optimised_rows(model, records, steps=40, lr=0.3, l2=1e-4)
+    # A tiny random model's final norm bounds its logits: the NLL stays high, the argmax moves.
+    assert alone["exact_match"] == 1.0
+    assert alone["nll"] < before.mean().item() - 0.3
+    batch = model.task.batch([r.prompt for r in records], [r.target for r in records])
+    scored = batch.scored_masks["input"].sum(-1)
+    for row, n in zip(rows, scored.tolist(), strict=True):
+        assert {len(k) for k in row.keys.values()} == {n}
+        assert {len(s) for s in row.shifts.values()} == {n}
+
+    precond = {t.module_name: torch.eye(t.d_in) for t in model.targets}
+    method = SolvedShifts(
+        {r.record_id: row for r, row in zip(records, rows, strict=True)},
+        precond,
+        0.01,
+        base_model_info(model),
+    )
+    applied = method.apply(model, records)
+    assert _nll(model, records).mean() < before.mean()
+    applied.remove()
+    torch.testing.assert_close(_nll(model, records), before)
+
+
+def test_direct_change_lowers_the_edit_loss_and_is_undone_exactly():
+    model = _frozen_llama()
+    records = synthetic_records(5)
+    probes = [p for r in synthetic_records(8, seed=1) for p in r.locality]
+    weights = _weights(model)
+    before = _nll(model, records)
+    snapshot = DirectChange(probes, c_loc=1.0, steps=30, lr=3e-2).apply(model, records)
+    assert _nll(model, records).mean() < before.mean() - 0.3
+    assert not all(torch.equal(weights[n], w) for n, w in _weights(model).items())
+    snapshot.remove()
+    for name, w in _weights(model).items():
+        assert torch.equal(weights[name], w)
+        assert not model.model.get_submodule(name).weight.requires_grad
