@@ -42,6 +42,18 @@ def init_world() -> World:
                  torch.device(accelerator.current_device_name()))
 
 
+def leave_world() -> None:
+    """Leave the process group once every rank is done (idempotent).
+
+    Without it the communication threads (gloo's, DeepSpeed's shared-memory ops) are
+    torn down at interpreter exit in no fixed order, and a rank can abort after its
+    work is done ("terminate called without an active exception"), failing the run.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def comm_device() -> torch.device:
     """Where tensors handed to collectives must live (NCCL needs the GPU)."""
     from deepspeed.accelerator import get_accelerator
