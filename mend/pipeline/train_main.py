@@ -86,4 +86,6 @@ def _train_with_deepspeed(config_path: Path, ds_config: Path, data, resume: bool
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mend.distributed.world import exit_process
+
+    exit_process(main())

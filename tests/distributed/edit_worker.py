@@ -83,3 +83,6 @@ def main(model_dir: str, out: str) -> None:
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     main(*args)
+    from mend.distributed.world import exit_process
+
+    exit_process(0)
