@@ -54,8 +54,8 @@ from mend.editor.config import EditorConfig
 from mend.editor.editor import base_model_info
 from mend.evaluation import evaluate
 from mend.evaluation.methods import WeightSnapshot
-from mend.models.tasks import IGNORE, TokenBatch, per_example_nll
-from mend.training.losses import kl_on_scored
+from mend.models.tasks import TokenBatch, per_example_nll
+from mend.training.losses import kl_on_scored, token_hits
 from mend.training.trainer import generic_texts
 
 KEYS = ("edit_success", "generalization", "locality")
@@ -117,8 +117,8 @@ def optimised_rows(
         chunk = records[start : start + CHUNK]
         batch = model.task.batch([r.prompt for r in chunk], [r.target for r in chunk])
         mask = batch.scored_masks[model.task.scored_sequence]
-        with torch.no_grad(), record_layer_io(model.model, names) as seen:
-            model.task.logits(model.model, batch)
+        with record_layer_io(model.model, names) as seen:
+            hidden = hidden_before(model, batch, first)
         keys = {n: seen[n][0].detach() for n in names}
         shifts = {
             n: torch.zeros(
@@ -134,7 +134,7 @@ def optimised_rows(
         ]
         optimizer = torch.optim.Adam(shifts.values(), lr=lr)
         try:
-            with starting_at(model, first, hidden_before(model, batch, first)):
+            with starting_at(model, first, hidden):
                 for step in range(steps + 1):
                     logits = model.task.logits(model.model, batch)
                     nll = per_example_nll(logits, batch.scored_labels)
@@ -147,8 +147,7 @@ def optimised_rows(
         finally:
             for h in hooks:
                 h.remove()
-        labels = batch.scored_labels
-        exact = ((logits.argmax(-1) == labels) | (labels == IGNORE)).all(-1)
+        exact = token_hits(logits, batch.scored_labels)[1]
         nll_after += nll.tolist()
         exact_after += exact.float().tolist()
         for i in range(len(chunk)):
@@ -213,6 +212,7 @@ class DirectChange:
         with torch.no_grad():
             before = [self._logits(model, first, c) for c in probes]
         weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
+        flags = [w.requires_grad for w in weights]
         for w in weights:
             w.requires_grad_(True)
         optimizer = torch.optim.Adam(weights, lr=self.lr)
@@ -223,7 +223,7 @@ class DirectChange:
                 for chunk in edits:
                     logits = self._logits(model, first, chunk)
                     labels = chunk[0].scored_labels
-                    held += int(((logits.argmax(-1) == labels) | (labels == IGNORE)).all(-1).sum())
+                    held += int(token_hits(logits, labels)[1].sum())
                     (per_example_nll(logits, labels).sum() / len(records)).backward()
                 if held == len(records) and self.c_loc == 0:
                     break
@@ -237,8 +237,8 @@ class DirectChange:
                         (self.c_loc * kl / self.probe_chunks).backward()
                 optimizer.step()
         finally:
-            for w in weights:
-                w.requires_grad_(False)
+            for w, flag in zip(weights, flags, strict=True):
+                w.requires_grad_(flag)
                 w.grad = None
         return snapshot
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from mend.distributed.world import init_world, leave_world
+    from mend.distributed.world import init_world
 
     world = init_world()
     baseline = memory.rss_bytes()
@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
             f"editor: {result.best_dir}",
             flush=True,
         )
-    leave_world()
     return 0
 
 

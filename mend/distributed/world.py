@@ -46,25 +46,22 @@ def init_world() -> World:
 
 
 def leave_world() -> None:
-    """Leave the process group once every rank is done (idempotent).
-
-    The documented shutdown of a process group; launched entry points then end with
-    :func:`exit_process`.
-    """
+    """Leave the process group once every rank is done (idempotent)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
 def exit_process(code: int) -> NoReturn:
-    """End a launched rank's process with ``code``, skipping interpreter teardown.
+    """End a launched process with ``code`` once its work is done: leave the process
+    group (when there is one), flush output and logs, and skip interpreter teardown.
 
-    Even after :func:`leave_world`, a rank that has finished its work intermittently
-    aborts while the interpreter tears down communication threads ("terminate called
-    without an active exception", exit -6; seen for about one run in five on 2 CPU
-    ranks), and the launcher then reports the whole run failed. Output and logs are
-    flushed first; nothing else needs the teardown.
+    Even after leaving the group, a rank that has finished its work intermittently
+    aborted while the interpreter tore down communication threads ("terminate called
+    without an active exception", exit -6; about one run in four on 2 CPU ranks), and
+    the launcher then reported the whole run failed.
     """
+    leave_world()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -77,7 +77,6 @@ def main(model_dir: str, out: str) -> None:
             "targets": [t.module_name for t in model.targets],
             "resident_before_merge": resident_before, "resident_after_merge": resident_after,
         }))
-    world_mod.leave_world()
 
 
 if __name__ == "__main__":
