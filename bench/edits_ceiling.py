@@ -55,7 +55,7 @@ from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.editor import base_model_info
 from mend.evaluation import evaluate
-from mend.evaluation.methods import WeightSnapshot
+from mend.evaluation.methods import WeightSnapshot, trainable_targets
 from mend.models.tasks import TokenBatch, per_example_nll
 from mend.training.losses import kl_on_scored, token_hits
 from mend.training.trainer import generic_texts
@@ -197,7 +197,7 @@ class DirectChange:
     (Adam) on every edit's NLL plus ``c_loc`` times the KL on locality probes held apart
     from the evaluated records, with gradients accumulated over chunks of 32. A direct
     optimiser sees the edits' loss at every step, where an editor gets one gradient: it
-    shows what a change of these matrices can reach, not what an editor can."""
+    bounds from below what a change of these matrices can reach, not what an editor can."""
 
     probes: list[LocalityProbe]
     c_loc: float
@@ -213,12 +213,8 @@ class DirectChange:
         probes = self._chunks(model, [(p.prompt, p.answer) for p in self.probes], first)
         with torch.no_grad():
             before = [self._logits(model, first, c) for c in probes]
-        weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
-        flags = [w.requires_grad for w in weights]
-        for w in weights:
-            w.requires_grad_(True)
-        optimizer = torch.optim.Adam(weights, lr=self.lr)
-        try:
+        with trainable_targets(model) as weights:
+            optimizer = torch.optim.Adam(weights, lr=self.lr)
             for step in range(self.steps):
                 optimizer.zero_grad(set_to_none=True)
                 held = 0
@@ -238,10 +234,6 @@ class DirectChange:
                         )
                         (self.c_loc * kl / self.probe_chunks).backward()
                 optimizer.step()
-        finally:
-            for w, flag in zip(weights, flags, strict=True):
-                w.requires_grad_(flag)
-                w.grad = None
         return snapshot
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,23 @@ class WeightSnapshot:
             self.model.model.get_submodule(name).weight.copy_(value)
 
 
+@contextmanager
+def trainable_targets(model: EditableModel) -> Iterator[list[torch.nn.Parameter]]:
+    """The edited matrices' weights with gradients on, for a fine-tuning loop; on exit
+    their ``requires_grad`` flags are restored and their gradients dropped (the rest of
+    the model stays frozen, so only these are optimised)."""
+    weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
+    flags = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        yield weights
+    finally:
+        for w, flag in zip(weights, flags, strict=True):
+            w.requires_grad_(flag)
+            w.grad = None
+
+
 @dataclass
 class FineTuneMethod:
     """Fine-tuning of the same matrices the editor edits (FT), optionally with a KL
@@ -78,7 +96,6 @@ class FineTuneMethod:
 
     def apply(self, model, records):
         snapshot = WeightSnapshot(model)
-        weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
         batch = model.task.batch([r.prompt for r in records], [r.target for r in records]).to(model.device)
         loc_batch = pre_loc = None
         if self.c_loc > 0:
@@ -90,11 +107,8 @@ class FineTuneMethod:
             loc_batch = model.task.batch([p.prompt for p in probes], [p.answer for p in probes]).to(model.device)
             with torch.no_grad():
                 pre_loc = model.task.logits(model.model, loc_batch)
-        flags = [w.requires_grad for w in weights]
-        for w in weights:
-            w.requires_grad_(True)
-        optimizer = torch.optim.Adam(weights, lr=self.lr)
-        try:
+        with trainable_targets(model) as weights:
+            optimizer = torch.optim.Adam(weights, lr=self.lr)
             for _ in range(self.max_steps):
                 logits = model.task.logits(model.model, batch)
                 labels = batch.scored_labels
@@ -108,8 +122,4 @@ class FineTuneMethod:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-        finally:
-            for w, flag in zip(weights, flags, strict=True):
-                w.requires_grad_(flag)
-                w.grad = None
         return snapshot
