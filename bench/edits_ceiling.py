@@ -3,6 +3,7 @@
     python -m bench.edits_ceiling --k 100 --lambdas 1,3,10,30,100 --c-locs 1,10
     python -m bench.edits_ceiling --k 1000 --c-locs 1,10,30
     python -m bench.edits_ceiling --k 1000 --c-locs 10,30,100 --direct-steps 90
+    python -m bench.edits_ceiling --k 100 --c-locs 100 --direct-steps 90 --blocks 20-29
 
 A least-squares editor asks, per edited token and matrix, for an output shift, and the
 solve finds the one change per matrix that gives all keys their shifts as nearly as the
@@ -21,12 +22,14 @@ scoring of ``bench.edits_tradeoff``:
   evaluated records (FT+L made to fit a thousand edits). It sees the edits' loss at every
   step where an editor gets one gradient, so it bounds from below what changing these
   matrices can reach (a bound that rises with ``--direct-steps``: at 1,000 edits 30
-  steps are far from converged).
+  steps are far from converged). ``--blocks`` optimises the MLP of other decoder blocks
+  instead (more blocks: more room, and a slower step), to ask whether a wider set of
+  matrices than the editors' could hold the edits at all.
 
 Writes ``bench/results/edits_ceiling.json`` after every point, by method and k:
 ``{"ideal_shifts": {"100": {"alone": {"nll", "exact_match"}, "points": [{"lambda",
 "edit_success", "generalization", "locality"}]}}, "direct": {"1000": {"points": [{"c_loc",
-"steps", "lr", ...}]}}}``; runs with other k or methods keep what the file holds, and points
+"steps", "lr", "blocks", ...}]}}}``; runs with other k or methods keep what the file holds, and points
 already measured with the same settings are kept and skipped.
 """
 
@@ -72,9 +75,14 @@ class Rows:
     shifts: dict[str, Tensor]
 
 
+def edited_blocks(model: EditableModel) -> list[int]:
+    """The decoder blocks the edited matrices sit in, in order."""
+    return sorted({int(re.search(r"layers\.(\d+)\.", t.module_name).group(1)) for t in model.targets})
+
+
 def first_block(model: EditableModel) -> int:
     """The earliest decoder block an edited matrix sits in."""
-    return min(int(re.search(r"layers\.(\d+)\.", t.module_name).group(1)) for t in model.targets)
+    return edited_blocks(model)[0]
 
 
 def hidden_before(model: EditableModel, batch: TokenBatch, start: int) -> Tensor:
@@ -301,12 +309,24 @@ def ideal_shifts(model: EditableModel, records: list[EditRecord], args, save, ke
         save("ideal_shifts", section)
 
 
+def mlp_of_blocks(model: EditableModel, blocks: str) -> EditableModel:
+    """``model`` editing the MLP matrices of decoder blocks ``FIRST-LAST`` (inclusive)."""
+    match = re.fullmatch(r"(\d+)-(\d+)", blocks)
+    if not match or not 0 <= int(match[1]) <= int(match[2]) < model.model.config.num_hidden_layers:
+        raise SystemExit(f"--blocks {blocks}: not a range of this model's decoder blocks")
+    numbers = "|".join(str(b) for b in range(int(match[1]), int(match[2]) + 1))
+    return model.retargeted([rf"model\.layers\.({numbers})\.mlp\.(gate_proj|up_proj|down_proj)"])
+
+
 def direct(model: EditableModel, records: list[EditRecord], args, save, kept) -> None:
     probes = held_apart_probes(zsre_records(1000))
-    # Points carry their own steps and lr, so runs of different length sit side by side
-    # (how far the reference moves with more optimisation is part of what it shows).
+    if args.blocks:
+        model = mlp_of_blocks(model, args.blocks)
+    # Points carry their own steps, lr and blocks, so runs of different length or width
+    # sit side by side (how far the reference moves with more optimisation or more
+    # matrices is part of what it shows).
     section = {"k": args.k, "n_probes": len(probes), "points": kept("direct", {"n_probes": len(probes)})}
-    run = {"steps": args.direct_steps, "lr": args.direct_lr}
+    run = {"steps": args.direct_steps, "lr": args.direct_lr, "blocks": f"{first_block(model)}-{edited_blocks(model)[-1]}"}
     for c_loc in (float(x) for x in args.c_locs.split(",")):
         point = {"c_loc": c_loc, **run}
         if any(all(p.get(k) == v for k, v in point.items()) for p in section["points"]):
@@ -339,6 +359,10 @@ def main() -> None:
     )
     parser.add_argument("--direct-steps", type=int, default=30)
     parser.add_argument("--direct-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--blocks", help="direct optimisation of the MLP of these decoder blocks, e.g. 20-29 "
+        "(default: the editors' matrices, the last 3 blocks)"
+    )
     args = parser.parse_args()
     if not (args.lambdas or args.c_locs):
         raise SystemExit("nothing to measure: give --lambdas and/or --c-locs")

@@ -1,13 +1,16 @@
 """The references of bench.edits_ceiling: what the solve reaches with ideal shifts, and
 what direct optimisation of the edited matrices reaches."""
 
+import pytest
 import torch
 
 from bench.edits_ceiling import (
     DirectChange,
     SolvedShifts,
+    edited_blocks,
     first_block,
     hidden_before,
+    mlp_of_blocks,
     optimised_rows,
     starting_at,
 )
@@ -93,3 +96,28 @@ def test_direct_change_lowers_the_edit_loss_and_is_undone_exactly():
     for name, w in _weights(model).items():
         assert torch.equal(weights[name], w)
         assert not model.model.get_submodule(name).weight.requires_grad
+
+
+def test_a_wider_direct_change_edits_the_mlp_of_the_named_blocks_and_is_undone_exactly():
+    model = _frozen_llama()
+    wide = mlp_of_blocks(model, "0-3")
+    assert edited_blocks(model) == [1, 2, 3]
+    assert edited_blocks(wide) == [0, 1, 2, 3] and first_block(wide) == 0
+    assert len(wide.targets) == 12  # gate, up and down of each block
+    records = synthetic_records(5)
+    probes = [p for r in synthetic_records(8, seed=1) for p in r.locality]
+    weights = _weights(wide)
+    before = _nll(wide, records)
+    snapshot = DirectChange(probes, c_loc=1.0, steps=30, lr=3e-2).apply(wide, records)
+    changed = [n for n, w in _weights(wide).items() if not torch.equal(weights[n], w)]
+    assert any(".layers.0." in n for n in changed)  # the block the default set leaves alone
+    assert _nll(wide, records).mean() < before.mean() - 0.3
+    snapshot.remove()
+    for name, w in _weights(wide).items():
+        assert torch.equal(weights[name], w)
+
+
+@pytest.mark.parametrize("blocks", ["2-1", "0-4", "-1-2", "3", "a-b"])
+def test_block_ranges_outside_the_model_are_refused(blocks):
+    with pytest.raises(SystemExit, match="--blocks"):
+        mlp_of_blocks(_frozen_llama(), blocks)
