@@ -29,8 +29,8 @@ scoring of ``bench.edits_tradeoff``:
 Writes ``bench/results/edits_ceiling.json`` after every point, by method and k:
 ``{"ideal_shifts": {"100": {"alone": {"nll", "exact_match"}, "points": [{"lambda",
 "edit_success", "generalization", "locality"}]}}, "direct": {"1000": {"points": [{"c_loc",
-"steps", "lr", "blocks", ...}]}}}``; runs with other k or methods keep what the file holds, and points
-already measured with the same settings are kept and skipped.
+"steps", "lr", "blocks", ...}]}}}``; runs with other k or methods keep what the file
+holds, and points already measured with the same settings are kept and skipped.
 """
 
 from __future__ import annotations
@@ -326,7 +326,8 @@ def direct(model: EditableModel, records: list[EditRecord], args, save, kept) ->
     # sit side by side (how far the reference moves with more optimisation or more
     # matrices is part of what it shows).
     section = {"k": args.k, "n_probes": len(probes), "points": kept("direct", {"n_probes": len(probes)})}
-    run = {"steps": args.direct_steps, "lr": args.direct_lr, "blocks": f"{first_block(model)}-{edited_blocks(model)[-1]}"}
+    blocks = edited_blocks(model)
+    run = {"steps": args.direct_steps, "lr": args.direct_lr, "blocks": f"{blocks[0]}-{blocks[-1]}"}
     for c_loc in (float(x) for x in args.c_locs.split(",")):
         point = {"c_loc": c_loc, **run}
         if any(all(p.get(k) == v for k, v in point.items()) for p in section["points"]):
