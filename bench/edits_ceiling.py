@@ -59,6 +59,7 @@ from mend.editor.config import EditorConfig
 from mend.editor.editor import base_model_info
 from mend.evaluation import evaluate
 from mend.evaluation.methods import WeightSnapshot, trainable_targets
+from mend.models.targets import layer_template
 from mend.models.tasks import TokenBatch, per_example_nll
 from mend.training.losses import kl_on_scored, token_hits
 from mend.training.trainer import generic_texts
@@ -77,7 +78,7 @@ class Rows:
 
 def edited_blocks(model: EditableModel) -> list[int]:
     """The decoder blocks the edited matrices sit in, in order."""
-    return sorted({int(re.search(r"layers\.(\d+)\.", t.module_name).group(1)) for t in model.targets})
+    return sorted({layer_template(t.module_name)[1] for t in model.targets})
 
 
 def first_block(model: EditableModel) -> int:
@@ -310,12 +311,14 @@ def ideal_shifts(model: EditableModel, records: list[EditRecord], args, save, ke
 
 
 def mlp_of_blocks(model: EditableModel, blocks: str) -> EditableModel:
-    """``model`` editing the MLP matrices of decoder blocks ``FIRST-LAST`` (inclusive)."""
+    """``model`` editing the matrices it edits (the MLP's) in decoder blocks ``FIRST-LAST``
+    (inclusive) instead."""
     match = re.fullmatch(r"(\d+)-(\d+)", blocks)
     if not match or not 0 <= int(match[1]) <= int(match[2]) < model.model.config.num_hidden_layers:
         raise SystemExit(f"--blocks {blocks}: not a range of this model's decoder blocks")
-    numbers = "|".join(str(b) for b in range(int(match[1]), int(match[2]) + 1))
-    return model.retargeted([rf"model\.layers\.({numbers})\.mlp\.(gate_proj|up_proj|down_proj)"])
+    templates = sorted({layer_template(t.module_name)[0] for t in model.targets})
+    numbers = range(int(match[1]), int(match[2]) + 1)
+    return model.retargeted([re.escape(name.format(n)) for name in templates for n in numbers])
 
 
 def direct(model: EditableModel, records: list[EditRecord], args, save, kept) -> None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,13 +101,13 @@ def shape_of(config, patterns: list[str] | None = None, name: str | None = None)
     import torch
 
     from mend.models.loading import _AUTO_CLASSES, _infer_kind
-    from mend.models.targets import find_targets
+    from mend.models.targets import find_targets, layer_template
 
     with torch.device("meta"):
         model = _AUTO_CLASSES[_infer_kind(config)].from_config(config)
     numels = tuple(p.numel() for p in model.parameters())
     targets = find_targets(model, patterns)
-    layers = [int(m.group(1)) for t in targets if (m := re.search(r"\.(\d+)\.", t.module_name))]
+    layers = [n for t in targets if (n := layer_template(t.module_name)[1]) >= 0]
     n_layers = int(_get(config, "num_hidden_layers", "n_layer", "num_layers", default=1))
     hidden = int(_get(config, "hidden_size", "n_embd", "d_model", default=0))
     heads = int(_get(config, "num_attention_heads", "n_head", "num_heads", default=1))
