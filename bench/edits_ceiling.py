@@ -21,8 +21,8 @@ scoring of ``bench.edits_tradeoff``:
   all k edits' NLL plus ``c_loc`` times a KL on locality probes held apart from the
   evaluated records (FT+L made to fit a thousand edits). It sees the edits' loss at every
   step where an editor gets one gradient, so it bounds from below what changing these
-  matrices can reach (a bound that rises with ``--direct-steps``: at 1,000 edits 30
-  steps are far from converged). ``--blocks`` optimises the MLP of other decoder blocks
+  matrices can reach (a bound that rises with ``--direct-steps`` until the
+  optimisation converges). ``--blocks`` optimises the MLP of other decoder blocks
   instead (more blocks: more room, and a slower step), to ask whether a wider set of
   matrices than the editors' could hold the edits at all.
 

@@ -1,7 +1,7 @@
 """Load a Hugging Face model and its tokenizer from a folder, a ``.gguf`` file or a name.
 
-GGUF checkpoints are dequantised by transformers on every load (~15 s for
-SmolLM2-135M). We convert them once into a safetensors folder under the cache
+GGUF checkpoints are dequantised by transformers on every load, which is slow even
+for SmolLM2-135M. We convert them once into a safetensors folder under the cache
 directory and load that afterwards, so tests and flows pay the cost once.
 """
 
