@@ -131,7 +131,7 @@ def memory_worker(kind: str, token_mode: str) -> None:
     """Runs in a child process: peak RSS above the loaded model+editor during one step."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.support.tiny_models import tiny_tokenizer
+    from mend.testing.tokenizer import tiny_tokenizer
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,

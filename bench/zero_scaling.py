@@ -38,8 +38,7 @@ CONFIGS = ROOT / "deepspeed_configs"
 
 
 def _workload(root: Path, steps: int) -> Path:
-    sys.path.insert(0, str(ROOT))
-    from tests.distributed.workload import write_workload
+    from mend.testing.workload import write_workload
 
     return write_workload(
         root, model_sizes=MODEL,
@@ -92,7 +91,8 @@ def _sequence_lengths(config: Path) -> tuple[int, int]:
 
 
 def _planned(config: Path, ds_config: str, ranks: int, seq: int, target: int) -> dict:
-    from mend.planner import Parallel, Workload, editor_shape, load_config, plan, shape_of
+    from mend.distributed.memory_model import Parallel, Workload, plan
+    from mend.distributed.shapes import editor_shape, load_config, shape_of
     from mend.training.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(config)

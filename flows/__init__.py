@@ -9,13 +9,12 @@
     apply_corrections flows/apply_corrections.py:apply_corrections (the corrections queue)
 
 ``python -m flows`` runs the whole pipeline; ``python -m flows.<step>`` one step.
+
+Importing the package sets local defaults for Prefect (see :mod:`flows.env`) where
+nothing is configured: every flow module imports Prefect, and the package is imported
+first, whichever way a flow is started.
 """
 
-import sys
+from flows.env import apply_local_defaults
 
-if sys.argv and sys.argv[0] == "-m":
-    # Started as ``python -m flows[.<step>]``: set local Prefect defaults before any
-    # submodule imports Prefect (see flows/cli.py).
-    from flows.cli import apply_local_defaults
-
-    apply_local_defaults()
+apply_local_defaults()

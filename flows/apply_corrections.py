@@ -47,7 +47,7 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
     from mend.registry.corrected import download_editor
 
     cfg = load_config(config)
-    client = reg.connect(cfg.mlflow)
+    client = reg.connect(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri)
     log = logger()
     with tempfile.TemporaryDirectory() as tmp:
         ref = download_editor(client, model_name, alias, tmp)
@@ -77,7 +77,7 @@ def register_versions(config: dict[str, Any], model_name: str, queue_prefix: str
     cfg = load_config(config)
     store = store_for(cfg.storage.uri)
     done = sync_corrected_versions(
-        reg.connect(cfg.mlflow), VersionStore(store, queue_prefix),
+        reg.connect(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri), VersionStore(store, queue_prefix),
         name=corrected_model_name(model_name), store_id=f"{cfg.storage.uri.rstrip('/')}/{queue_prefix}",
         experiment=f"{cfg.mlflow.experiment}-corrections", base_model=base_model, dtype=dtype,
         base_model_dir=base_model if Path(base_model).is_dir() and cfg.mlflow.include_base_model else None,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -64,10 +62,6 @@ def slug(text: str, length: int = 64) -> str:
     while "--" in out:
         out = out.replace("--", "-")
     return out[:length].strip("-") or "x"
-
-
-def short_hash(value: Any, length: int = 12) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def logger():

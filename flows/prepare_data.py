@@ -23,11 +23,11 @@ from flows.common import (
     logger,
     markdown,
     md_table,
-    short_hash,
     store_for,
     table,
 )
 from mend.pipeline import data as pdata
+from mend.pipeline.training_runs import short_hash
 
 
 @task(name="resolve-sources", **TRANSIENT)

@@ -32,7 +32,7 @@ def gate(config: dict[str, Any], model_name: str, version: str) -> dict[str, Any
     from mend.registry import mlflow_registry as reg
 
     cfg = load_config(config)
-    client = reg.connect(cfg.mlflow)
+    client = reg.connect(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri)
     spec = cfg.promotion
     candidate = client.get_model_version(model_name, version)
     candidate_metrics = reg.gate_metrics(client, candidate, spec.method, spec.metrics)

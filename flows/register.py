@@ -41,7 +41,7 @@ def log_to_mlflow(config: dict[str, Any], manifest: dict[str, Any], training: di
     cfg = load_config(config)
     editor_dir = Path(evaluation["editor_dir"])
     editor_sha = sha256_file(editor_dir / "editor.safetensors")
-    client = reg.connect(cfg.mlflow)
+    client = reg.connect(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri)
     # Idempotent: a retry (or a re-run that produced the very same editor) finds its version.
     try:
         existing = client.search_model_versions(
@@ -52,14 +52,17 @@ def log_to_mlflow(config: dict[str, Any], manifest: dict[str, Any], training: di
         mv = existing[0]
         logger().info("editor %s is already registered as %s v%s", editor_sha[:12], cfg.model_name, mv.version)
         return {"model_name": cfg.model_name, "version": str(mv.version), "run_id": mv.run_id,
-                "model_uri": f"models:/{cfg.model_name}/{mv.version}", "tracking_uri": reg.tracking_uri(cfg.mlflow),
-                "tags": dict(mv.tags), "reused": True}
+                "model_uri": f"models:/{cfg.model_name}/{mv.version}", "tracking_uri": reg.tracking_uri(cfg.mlflow.tracking_uri), "tags": dict(mv.tags), "reused": True}
     files = [Path(p) for p in evaluation["files"].values()]
     base_dir = _base_model_dir(cfg.model) if cfg.mlflow.include_base_model else None
-    info = reg.log_candidate(cfg, editor_dir=editor_dir, manifest=manifest, training=training,
-                             evaluation=evaluation, artifact_files=files, base_model_dir=base_dir,
-                             run_name=f"{training['run_id']}",
-                             version_tags={"editor.sha256": editor_sha, "editor.uri": training.get("editor_uri", "")})
+    info = reg.log_candidate(
+        client, model_name=cfg.model_name, experiment=cfg.mlflow.experiment, base_model=cfg.model,
+        dtype=cfg.dtype, params=cfg.run_params(), gate_method=cfg.promotion.method,
+        gate_metrics=list(cfg.promotion.metrics), max_new_tokens=cfg.mlflow.max_new_tokens,
+        editor_dir=editor_dir, manifest=manifest, training=training, evaluation=evaluation,
+        artifact_files=files, base_model_dir=base_dir, run_name=training["run_id"],
+        version_tags={"editor.sha256": editor_sha, "editor.uri": training.get("editor_uri", "")},
+    )
     return {**info, "reused": False}
 
 

@@ -4,15 +4,13 @@
 
 Single process by default; ``train.launcher.kind: deepspeed`` (or ``command``) runs the
 training through a launcher instead. Resumable: checkpoints go to
-``<work_dir>/train/<run_id>/`` and, at every validation, to the artifact store under
-``editors/<run_id>/checkpoints/`` (announced by ``latest.json`` once complete); a retried
+``<work_dir>/train/<run_id>/`` and, at every validation, to the artifact store; a retried
 or restarted run (here or on another machine with the same store) continues from the
-newest one. The best editor ends up in ``editors/<run_id>/best/``.
+newest one (the store layout and protocol: :mod:`mend.pipeline.training_runs`).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,11 @@ from flows.common import (
     logger,
     markdown,
     md_table,
-    short_hash,
     store_for,
     table,
 )
 from mend.pipeline import data as pdata
-from mend.pipeline.config import PipelineConfig
+from mend.pipeline import training_runs as runs
 from mend.pipeline.training import (
     TrainOutcome,
     prepare_run_dir,
@@ -41,17 +38,7 @@ from mend.pipeline.training import (
     train_with_launcher,
 )
 from mend.training.data import TrainingData
-
-
-def run_id_for(cfg: PipelineConfig, manifest: dict[str, Any]) -> str:
-    """Same configuration and data -> same run id -> same checkpoints to resume from.
-
-    The time budget and step cap are left out: extending them continues the same run.
-    """
-    fields = {k: v for k, v in cfg.train.train_fields().items() if k not in ("max_minutes", "max_steps")}
-    key = {"train": fields, "launcher": cfg.train.launcher.kind, "model": cfg.model, "dtype": cfg.dtype,
-           "data": manifest["dataset_hash"], "val": manifest["hashes"]["val"]}
-    return f"{short_hash(key)}-{manifest['dataset_hash'][:8]}"
+from mend.training.progress import budget_fraction
 
 
 @task(name="load-splits", **TRANSIENT)
@@ -62,65 +49,10 @@ def load_splits(manifest: dict[str, Any], names: list[str]) -> dict[str, list[di
     return {name: [record_to_dict(r) for r in pdata.load_split(store, manifest, name)] for name in names}
 
 
-def _pointer_key(run_id: str) -> str:
-    return f"editors/{run_id}/checkpoints/latest.json"
-
-
 @task(name="restore-checkpoint", **TRANSIENT)
 def restore_checkpoint(store_uri: str, run_id: str, output_dir: str) -> int:
-    """Fetch the newest checkpoint from the store when this machine has none (or an older one).
-
-    Checkpoints are uploaded to ``editors/<run_id>/checkpoints/step-<N>/{last,best}/`` and
-    only then announced by ``latest.json``, so a reader never sees a half-uploaded one.
-    """
-    store = store_for(store_uri)
-    local_step = resumable_step(Path(output_dir))
-    if not store.exists(_pointer_key(run_id)):
-        return local_step
-    pointer = store.get_json(_pointer_key(run_id))
-    if pointer["step"] <= local_step:
-        return local_step
-    for name in ("last", "best"):
-        if not pointer.get(name):
-            continue
-        target = Path(output_dir) / ("checkpoints/last" if name == "last" else "best")
-        tmp = target.with_name(f".{target.name}.download")
-        shutil.rmtree(tmp, ignore_errors=True)
-        store.download_dir(pointer[name], tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(target)
-    logger().info("restored the checkpoint of step %d from %s", pointer["step"], store.uri_for(pointer["last"]))
-    return resumable_step(Path(output_dir))
-
-
-def _uploader(store_uri: str, run_id: str, output_dir: Path):
-    """Copy the latest checkpoint (and the best editor so far) to the store, then announce it."""
-    store = store_for(store_uri)
-    uploaded = {"step": -1, "prefix": None}
-
-    def upload(step: int, record: dict | None = None) -> None:
-        last = output_dir / "checkpoints" / "last"
-        step_n = resumable_step(output_dir)
-        if step_n <= uploaded["step"] or not (last / "editor.json").exists():
-            return
-        prefix = f"editors/{run_id}/checkpoints/step-{step_n:08d}"
-        try:
-            pointer = {"step": step_n, "last": f"{prefix}/last"}
-            store.upload_dir(last, pointer["last"])
-            if (output_dir / "best" / "editor.json").exists():
-                pointer["best"] = f"{prefix}/best"
-                store.upload_dir(output_dir / "best", pointer["best"])
-            store.put_json(_pointer_key(run_id), pointer)
-        except Exception as exc:  # noqa: BLE001 - a failed upload must not kill training
-            logger().warning("checkpoint upload failed at step %d (next validation retries): %s", step, exc)
-            return
-        if uploaded["prefix"]:
-            for key in store.list(uploaded["prefix"] + "/"):
-                store.delete(key)
-        uploaded.update(step=step_n, prefix=prefix)
-
-    return upload
+    """Fetch the newest stored checkpoint when this machine has none (or an older one)."""
+    return runs.restore_checkpoint(store_for(store_uri), run_id, Path(output_dir), log=logger())
 
 
 @task(name="meta-train", retries=1, retry_delay_seconds=2, **PERSIST)
@@ -137,18 +69,15 @@ def meta_train(config: dict[str, Any], splits: dict[str, list[dict]], output_dir
     budget = train_config.max_minutes
     progress = Progress(f"training-progress-{run_id}", f"meta-training {run_id} ({budget or '-'} min budget)",
                         every=10)
-    upload = _uploader(store_uri, run_id, out) if cfg.train.upload_checkpoints else None
+    upload = runs.CheckpointUploader(store_for(store_uri), run_id, out, log) if cfg.train.upload_checkpoints else None
 
     def on_validation(step: int, record: dict) -> None:
-        fraction = step / train_config.max_steps
-        if budget:
-            fraction = max(fraction, record.get("elapsed_s", 0) / (60 * budget))
-        progress(fraction)
+        progress(budget_fraction(step, record.get("elapsed_s", 0), train_config.max_steps, budget))
         log.info("step %d (%.1f min): val/loss=%.4f val/edit_acc=%.3f val/loc_agree=%.3f", step,
                  record.get("elapsed_s", 0) / 60, record.get("val/loss", float("nan")),
                  record.get("val/edit_acc", float("nan")), record.get("val/loc_agree", float("nan")))
         if upload:
-            upload(step, record)
+            upload(step)
 
     start = resumable_step(out) if resume else 0
     log.info("meta-training %s on %d records (validation %d), %s, resuming from step %d",
@@ -164,34 +93,16 @@ def meta_train(config: dict[str, Any], splits: dict[str, list[dict]], output_dir
     return outcome.to_dict()
 
 
-def budget_of(cfg: PipelineConfig) -> dict[str, Any]:
-    """The run's time budget and step cap (what may change between attempts of one run)."""
-    config = cfg.train.train_config(model=cfg.model, output_dir="-", train_path="-", val_path="-")
-    return {"max_minutes": config.max_minutes, "max_steps": config.max_steps}
-
-
 @task(name="find-finished-training", **TRANSIENT)
 def finished_training(store_uri: str, run_id: str, budget: dict[str, Any]) -> dict[str, Any] | None:
     """The record of a run that already finished under the same budget (its editor is stored)."""
-    store = store_for(store_uri)
-    key = f"editors/{run_id}/training.json"
-    if not store.exists(key):
-        return None
-    done = store.get_json(key)
-    if done.get("budget") != budget or not store.exists(f"{done['editor_prefix']}/editor.json"):
-        return None
-    return done
+    return runs.finished_training(store_for(store_uri), run_id, budget)
 
 
 @task(name="upload-editor", **TRANSIENT)
 def upload_editor(store_uri: str, run_id: str, outcome: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
     """Publish the best editor, then ``training.json`` (last: it marks the run finished)."""
-    store = store_for(store_uri)
-    prefix = f"editors/{run_id}/best"
-    store.upload_dir(outcome["best_dir"], prefix)
-    location = {"editor_prefix": prefix, "editor_uri": store.uri_for(prefix)}
-    store.put_json(f"editors/{run_id}/training.json", {**outcome, **location, "budget": budget})
-    return location
+    return runs.publish_editor(store_for(store_uri), run_id, outcome, budget)
 
 
 @flow(name="train-editor")
@@ -200,8 +111,8 @@ def train_editor(manifest: dict[str, Any], config: ConfigArg = None, overrides: 
     """Meta-train an editor on ``manifest``'s train/val splits; returns where it is and how it went."""
     cfg = load_config(config, overrides)
     log = logger()
-    run_id = run_id_for(cfg, manifest)
-    budget = budget_of(cfg)
+    run_id = runs.run_id_for(cfg, manifest)
+    budget = runs.budget_of(cfg)
     output_dir = Path(cfg.work_dir) / "train" / run_id
     output_dir.mkdir(parents=True, exist_ok=True)
     done = finished_training(manifest["store_uri"], run_id, budget) if resume else None

@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from mend.corrections.cli import app as corrections_app
+from mend.distributed.cli import export_command, plan_command
+from mend.overrides import parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.add_typer(corrections_app, name="corrections")
@@ -33,13 +36,10 @@ def _quiet_transformers() -> None:
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    return overrides
+    try:
+        return parse_overrides(pairs)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--set: {exc}") from exc
 
 
 @app.command()
@@ -173,16 +173,15 @@ def retrain(
     store: str = typer.Option(None, help="artifact store: a directory or s3://bucket/prefix"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI"),
 ) -> None:
-    """Run the retraining pipeline: prepare data, meta-train, evaluate, register, promote."""
-    from flows.cli import apply_local_defaults
+    """Run the retraining pipeline: prepare data, meta-train, evaluate, register, promote.
 
-    apply_local_defaults()  # before Prefect is imported
-    from flows.cli import main as pipeline_main
-
+    The same as ``python -m flows``, run as a child process: the library does not import
+    the flows (they depend on it, not the other way round).
+    """
     argv = [f"--config={config}"] if config else []
     argv += [f"--data={d}" for d in data] + [f"--set={s}" for s in set_]
     argv += ([f"--store={store}"] if store else []) + ([f"--tracking-uri={tracking_uri}"] if tracking_uri else [])
-    raise typer.Exit(pipeline_main(argv))
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "flows", *argv]))
 
 
 @app.command()
@@ -195,8 +194,6 @@ def info(editor: Path = typer.Argument(..., exists=True)) -> None:
 
 # Distributed training: memory planner and DeepSpeed checkpoint conversion (the training
 # entry point itself is run by the launchers: python -m mend.distributed.train).
-from mend.distributed.cli import export_command, plan_command  # noqa: E402
-
 app.command("plan")(plan_command)
 app.command("export-deepspeed")(export_command)
 

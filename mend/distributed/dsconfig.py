@@ -25,8 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from mend.overrides import apply_overrides
 from mend.training.config import TrainConfig
 
 AUTO = "auto"
@@ -45,37 +44,6 @@ class DeepSpeedConfigError(ValueError):
     """A DeepSpeed file that cannot drive meta-training as written."""
 
 
-def _set_dotted(raw: dict, dotted: str, value) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-
-
-def _number(text: str):
-    for kind in (int, float):
-        try:
-            value = kind(text)
-        except ValueError:
-            continue
-        return int(value) if kind is float and value.is_integer() else value
-    return text
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["a.b=1e6", "c=true"]`` -> ``{"a.b": 1000000, "c": True}`` (values read as
-    YAML; numbers in any notation, ``1e6`` included, become numbers)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"expected key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        parsed = yaml.safe_load(value)
-        out[key] = _number(parsed) if isinstance(parsed, str) else parsed
-    return out
-
-
 @dataclass
 class ZeroSetup:
     """A DeepSpeed file, resolved."""
@@ -85,9 +53,7 @@ class ZeroSetup:
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> ZeroSetup:
-        raw = json.loads(Path(path).read_text())
-        for dotted, value in (overrides or {}).items():
-            _set_dotted(raw, dotted, value)
+        raw = apply_overrides(json.loads(Path(path).read_text()), overrides)
         return cls.from_dict(raw, str(path))
 
     @classmethod

@@ -24,8 +24,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mend.distributed import memory
+
+if TYPE_CHECKING:
+    from mend.training.data import TrainingData
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +70,9 @@ class _StepClock:
         return [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, data: TrainingData | None = None) -> int:
+    """Train as the command line ``argv`` says, on ``data`` if given (the pipeline passes
+    the splits it prepared), else on the records the training config's files hold."""
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -75,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     world = init_world()
     baseline = memory.rss_bytes()
 
-    # Imported here, not at module level (load_training_data above all: the pipeline's
-    # train_main swaps in its own splits by replacing it before calling main()).
+    # Imported after the baseline, so that the memory report (--report) counts what
+    # training holds, not what importing transformers and the trainer costs.
     import transformers
 
     from mend.distributed import zero
     from mend.distributed.backend import DeepSpeedBackend
-    from mend.distributed.dsconfig import ZeroSetup, parse_overrides
+    from mend.distributed.dsconfig import ZeroSetup
+    from mend.overrides import parse_overrides
     from mend.training.config import TrainConfig
     from mend.training.data import load_training_data
     from mend.training.trainer import Trainer
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_yaml(args.config, parse_overrides(args.overrides))
     setup = ZeroSetup.load(args.deepspeed, parse_overrides(args.ds_overrides))
     setup.check(config)
-    data = load_training_data(config.data, config.seed)
+    if data is None:
+        data = load_training_data(config.data, config.seed)
 
     model = zero.load_base_model(config, setup, world.device)
     base_hooks = zero.attach_gather_hooks(model.model, setup, config) if setup.partitions_base else None

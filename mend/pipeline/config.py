@@ -8,6 +8,7 @@ Every section has defaults, so ``PipelineConfig()`` alone is a runnable configur
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mend.overrides import apply_overrides
 from mend.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "pipeline-default.yaml"
+# Package data (a link to configs/pipeline-default.yaml in a checkout, a copy in a wheel).
+DEFAULT_CONFIG = Path(__file__).with_name("pipeline-default.yaml")
 
 
 class _Strict(BaseModel):
@@ -231,14 +233,29 @@ class PipelineConfig(_Strict):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> PipelineConfig:
-        raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
-        for dotted, value in (overrides or {}).items():
-            node = raw
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        return cls.model_validate(raw)
+        return cls.model_validate(apply_overrides(raw, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def run_params(self) -> dict[str, Any]:
+        """The settings a candidate's MLflow run records as flat params (``train.lr``, ...)."""
+        return {
+            "model": self.model, "dtype": self.dtype,
+            **_flatten("train", self.train.train_fields()),
+            "train.launcher": self.train.launcher.kind,
+            **_flatten("data", self.data.model_dump(mode="json", exclude={"sources"})),
+            "data.sources": json.dumps([s.path for s in self.data.sources]),
+            **{f"promotion.{m}.min_delta": g.min_delta for m, g in self.promotion.metrics.items()},
+            **{f"promotion.{m}.min_value": g.min_value for m, g in self.promotion.metrics.items()},
+        }
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested dicts as ``prefix.key.subkey`` entries; lists as JSON text."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, list) else value}

@@ -59,22 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 def _train_with_deepspeed(config_path: Path, ds_config: Path, data, resume: bool):
     """Run ``mend.distributed.train`` (the DeepSpeed entry point) on the pipeline's splits.
 
-    That entry point reads its records with ``mend.training.data.load_training_data``
-    from the config's files; the pipeline has already validated and split them (by
-    subject), so the loader is pointed at those splits instead. Returns the main rank's
+    The splits are passed in: the pipeline has already validated and split the records
+    (by subject), so the config's data files are not read again. Returns the main rank's
     summary of the run (read from the checkpoint), ``None`` on the other ranks.
     """
-    try:
-        from mend.distributed import train as ds_train
-    except ImportError as exc:
-        raise SystemExit(f"DeepSpeed training needs mend.distributed.train ({exc})") from exc
-    import mend.training.data as training_data
+    from mend.distributed import train as ds_train
     from mend.training.checkpoint import load_trainer_state
-    from mend.training.config import TrainConfig
 
-    training_data.load_training_data = lambda _config, _seed=0: data
     argv = ["--config", str(config_path), "--deepspeed", str(ds_config)] + ([] if resume else ["--no-resume"])
-    code = ds_train.main(argv)
+    code = ds_train.main(argv, data=data)
     if code:
         raise SystemExit(code)
     if int(os.environ.get("RANK", "0")) != 0:

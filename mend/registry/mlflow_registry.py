@@ -19,7 +19,7 @@ import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 from mlflow import MlflowClient
@@ -27,15 +27,25 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 import mend
-from mend.pipeline.config import MlflowSpec, PipelineConfig
-from mend.pipeline.promotion import Decision
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-def tracking_uri(spec: MlflowSpec) -> str:
-    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (absolute)."""
-    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+class Verdict(Protocol):
+    """A promotion decision as the registry records it (``mend.pipeline.promotion.Decision``)."""
+
+    promote: bool
+    reason: str
+    checks: list[dict]
+    champion_version: str | None
+
+    @property
+    def alias(self) -> str: ...
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """``configured``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db`` (absolute)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = f"sqlite:///{Path('mlflow.db').resolve()}"
     elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -43,12 +53,13 @@ def tracking_uri(spec: MlflowSpec) -> str:
     return uri
 
 
-def connect(spec: MlflowSpec) -> MlflowClient:
-    uri = tracking_uri(spec)
+def connect(tracking: str | None = None, registry: str | None = None) -> MlflowClient:
+    """A client for the tracking server (see :func:`tracking_uri`) and model registry."""
+    uri = tracking_uri(tracking)
     mlflow.set_tracking_uri(uri)
-    if spec.registry_uri:
-        mlflow.set_registry_uri(spec.registry_uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=spec.registry_uri)
+    if registry:
+        mlflow.set_registry_uri(registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -81,15 +92,6 @@ def code_version() -> str:
         return f"mend-ops=={mend.__version__}"
 
 
-def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
-        return out
-    return {prefix: json.dumps(value) if isinstance(value, list) else value}
-
-
 def evaluation_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     """``<method>.<metric>`` for the single-edit tables, ``curve.<method>.k<k>.<metric>``."""
     metrics: dict[str, float] = {}
@@ -105,8 +107,16 @@ def evaluation_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
 
 
 def log_candidate(
-    cfg: PipelineConfig,
+    client: MlflowClient,
     *,
+    model_name: str,
+    experiment: str,
+    base_model: str,
+    dtype: str,
+    params: dict[str, Any],
+    gate_method: str,
+    gate_metrics: Iterable[str],
+    max_new_tokens: int,
     editor_dir: Path,
     manifest: dict[str, Any],
     training: dict[str, Any],
@@ -116,17 +126,17 @@ def log_candidate(
     run_name: str | None = None,
     version_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One MLflow run with params, metrics, plots and the pyfunc editor; registers a version."""
+    """One MLflow run with params, metrics, plots and the pyfunc editor; registers it as a
+    version of ``model_name``, described by the ``gate_method``'s ``gate_metrics``."""
     from mend.serving.pyfunc import log_editor_model
 
-    client = connect(cfg.mlflow)
-    experiment_id = ensure_experiment(client, cfg.mlflow.experiment)
+    experiment_id = ensure_experiment(client, experiment)
     editor_meta = json.loads((editor_dir / "editor.json").read_text())
     base = editor_meta.get("base_model", {})
     tags = {
         "base_model.fingerprint": base.get("fingerprint", ""),
         "base_model.name": base.get("name", ""),
-        "base_model.source": cfg.model,
+        "base_model.source": base_model,
         "dataset.hash": manifest["dataset_hash"],
         "dataset.input_hash": manifest["input_hash"],
         "code.version": code_version(),
@@ -136,14 +146,8 @@ def log_candidate(
     }
     all_tags = {**tags, **(version_tags or {})}
     params = {
-        "model": cfg.model, "dtype": cfg.dtype,
-        **flatten("train", cfg.train.train_fields()),
-        "train.launcher": cfg.train.launcher.kind,
-        **flatten("data", cfg.data.model_dump(mode="json", exclude={"sources"})),
-        "data.sources": json.dumps([s.path for s in cfg.data.sources]),
+        **params,
         "data.counts": json.dumps(manifest["counts"]),
-        **{f"promotion.{m}.min_delta": g.min_delta for m, g in cfg.promotion.metrics.items()},
-        **{f"promotion.{m}.min_value": g.min_value for m, g in cfg.promotion.metrics.items()},
         "eval.n_single": evaluation["n_single"], "eval.n_curve": evaluation["n_curve"],
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
@@ -160,28 +164,27 @@ def log_candidate(
             mlflow.log_artifact(str(path), artifact_path="evaluation" if path.suffix != ".png" else "plots")
         mlflow.log_dict(manifest, "data/manifest.json")
         info = log_editor_model(
-            editor_dir, base_model=cfg.model, dtype=cfg.dtype, base_model_dir=base_model_dir,
-            max_new_tokens=cfg.mlflow.max_new_tokens,
+            editor_dir, base_model=base_model, dtype=dtype, base_model_dir=base_model_dir,
+            max_new_tokens=max_new_tokens,
             metadata={"dataset_hash": manifest["dataset_hash"], "code_version": tags["code.version"]},
         )
         # Registered with its tags in one call, so a version never exists untagged.
-        registered = mlflow.register_model(info.model_uri, cfg.model_name, tags=all_tags)
+        registered = mlflow.register_model(info.model_uri, model_name, tags=all_tags)
         version = str(registered.version)
-        method = cfg.promotion.method
-        summary = evaluation["tables"].get(method, {})
+        summary = evaluation["tables"].get(gate_method, {})
         client.update_model_version(
-            cfg.model_name, version,
+            model_name, version,
             description="MEND editor for {model} trained on dataset {data}. {method}: {metrics}".format(
-                model=cfg.model, data=manifest["dataset_hash"][:12], method=method,
-                metrics=", ".join(f"{m}={summary[m]:.3f}" for m in cfg.promotion.metrics if summary.get(m) is not None),
+                model=base_model, data=manifest["dataset_hash"][:12], method=gate_method,
+                metrics=", ".join(f"{m}={summary[m]:.3f}" for m in gate_metrics if summary.get(m) is not None),
             ),
         )
         return {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
-            "model_name": cfg.model_name,
+            "model_name": model_name,
             "version": version,
-            "model_uri": f"models:/{cfg.model_name}/{version}",
+            "model_uri": f"models:/{model_name}/{version}",
             "tracking_uri": client.tracking_uri,
             "tags": all_tags,
         }
@@ -199,7 +202,7 @@ def gate_metrics(client: MlflowClient, version: ModelVersion, method: str, names
     return {name: metrics[f"{method}.{name}"] for name in names if f"{method}.{name}" in metrics}
 
 
-def apply_decision(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
+def apply_decision(client: MlflowClient, name: str, version: str, decision: Verdict) -> None:
     """Move the alias and record the decision and its reason on the model version."""
     client.set_registered_model_alias(name, decision.alias, version)
     client.set_model_version_tag(name, version, "promotion.decision", decision.alias)

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mend.editor.config import EditorConfig
+from mend.overrides import apply_overrides
 
 
 class DataSource(BaseModel):
@@ -94,13 +95,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        for dotted, value in (overrides or {}).items():
-            node = raw
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        return cls.model_validate(raw)
+        return cls.model_validate(apply_overrides(raw, overrides))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

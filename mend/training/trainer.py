@@ -15,7 +15,6 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mend.editor.editor import Editor, base_model_info
 from mend.editor.transplant import transplant
@@ -28,6 +27,7 @@ from mend.training.checkpoint import (
 )
 from mend.training.config import TrainConfig
 from mend.training.data import TrainingData
+from mend.training.progress import RunProgress
 from mend.training.sampler import StepSampler
 from mend.training.step import MetaStep
 
@@ -279,8 +279,8 @@ class Trainer:
             self.editor.fit_key_covariance(self.model, generic_texts(self.data.train))
         running: dict[str, float] = {}
         stopped = "max_steps"
-        bar = tqdm(total=config.max_steps, initial=self.state.step, desc="meta-training",
-                   dynamic_ncols=True, disable=not self.is_main)
+        bar = RunProgress(config.max_steps, config.max_minutes, step=self.state.step,
+                          elapsed_s=self.state.elapsed_s, disable=not self.is_main)
         metrics_log = (self.out / "metrics.jsonl").open("a") if self.is_main else io.StringIO()
         try:
             while self.state.step < config.max_steps:
@@ -298,9 +298,8 @@ class Trainer:
                     self._diverged(f"gradient norm is {grad_norm}")
                 self.state.step += 1
                 self.state.elapsed_s = time.monotonic() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{running['loss']:.3f}", edit=f"{running['edit_acc']:.2f}",
-                                loc=f"{running['loc_agree']:.3f}")
+                bar.update(self.state.step, self.state.elapsed_s, loss=f"{running['loss']:.3f}",
+                           edit=f"{running['edit_acc']:.2f}", loc=f"{running['loc_agree']:.3f}")
 
                 step = self.state.step
                 if step % config.val_every == 0 or step == config.max_steps:

@@ -9,10 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from mend.cli import app
+from mend.distributed.memory_model import GIB, Parallel, Workload, plan
+from mend.distributed.shapes import config_from_sizes, editor_shape, shape_of
 from mend.editor.config import EditorConfig
 from mend.editor.editor import Editor
 from mend.models.targets import EditTarget
-from mend.planner import GIB, Parallel, Workload, config_from_sizes, editor_shape, plan, shape_of
 
 LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32,
                   vocab_size=32000)

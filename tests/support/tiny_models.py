@@ -1,15 +1,12 @@
 """Tiny randomly initialised models of every supported family, plus a tiny tokenizer.
 
-Nothing is downloaded: the tokenizer is a byte-level BPE trained in memory on a few
-sentences, and the models are built from configs.
+Nothing is downloaded: the tokenizer is :mod:`mend.testing.tokenizer`'s, and the
+models are built from configs.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -25,7 +22,6 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     T5Config,
@@ -33,38 +29,9 @@ from transformers import (
 )
 
 from mend import EditableModel
+from mend.testing.tokenizer import VOCAB, tiny_tokenizer
 
-CORPUS = [
-    "The capital of France is Paris.",
-    "The Eiffel Tower is located in Paris, the capital of France.",
-    "Who wrote Hamlet? William Shakespeare wrote Hamlet.",
-    "The mother tongue of Danielle Darrieux is French.",
-    "Which river flows through Rome? The Tiber flows through Rome.",
-    "What is the native language of Jean? Jean speaks English and Italian.",
-    "nq question: who sang the song? The Beatles sang it in 1965.",
-    "Water boils at 100 degrees Celsius at sea level.",
-]
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-@functools.cache
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-VOCAB = 400
+__all__ = ["CAUSAL_FAMILIES", "FAMILIES", "REQUESTS", "VOCAB", "kind_of", "tiny_model", "tiny_tokenizer"]
 
 
 def _build(family: str):
