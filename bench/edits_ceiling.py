@@ -7,7 +7,7 @@
 
 A least-squares editor asks, per edited token and matrix, for an output shift, and the
 solve finds the one change per matrix that gives all keys their shifts as nearly as the
-regulariser allows (``mend/aggregation.py``). Both references edit the same matrices as
+regulariser allows (``mend/aggregations/least_squares.py``). Both references edit the same matrices as
 the editors (the MLP of SmolLM2's last 3 blocks) and are scored on the records and
 scoring of ``bench.edits_tradeoff``:
 
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from bench.common import RESULTS, SHARED_DATA, write_result
 from bench.corrections_data import zsre_records
 from mend import EditableModel, Editor
-from mend.aggregation import KeyShifts
+from mend.aggregations import KeyShifts, LeastSquaresChange
 from mend.capture import record_layer_io
 from mend.data import load_zsre
 from mend.data.records import EditRecord, LocalityProbe
@@ -197,7 +197,7 @@ class SolvedShifts:
                 precond,
             )
         requests = [EditRequest(r.prompt, r.target, r.record_id) for r in records]
-        return Edit.from_key_shifts(memory, model.layouts, requests, self.info, model).apply()
+        return Edit(LeastSquaresChange(memory), model.layouts, requests, self.info, model).apply()
 
 
 @dataclass

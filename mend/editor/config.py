@@ -24,9 +24,10 @@ class EditorConfig(BaseModel):
     down_init: Literal["normal", "xavier"] = Field(
         "normal", description="init of each block's down-projection (MEND's code: normal)"
     )
-    aggregation: Literal["sum", "least_squares"] = Field(
+    aggregation: Literal["sum", "least_squares", "scoped"] = Field(
         "sum",
-        description="sum: MEND's summed rank-1 terms; least_squares: MALMEN's regularised solve",
+        description="sum: MEND's summed rank-1 terms; least_squares: MALMEN's regularised solve; "
+        "scoped: each request's summed terms, routed to the inputs in its scope (trained as sum)",
     )
     key_preconditioning: Literal["none", "covariance"] = Field(
         "none",

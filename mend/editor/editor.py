@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mend.aggregation import KeyShifts
+from mend.aggregations import CHANGES, Change
+from mend.aggregations.base import EditSource
 from mend.capture import Capture, Factors, capture_factors
 from mend.deltas import LowRankDelta
 from mend.edit import Edit, EditRequest
@@ -20,10 +21,12 @@ from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
 from mend.models.editable import EditableModel
 from mend.models.targets import EditTarget
+from mend.scope.model import ScopeModel
 
 CAPTURE_CHUNK = 32  # edit requests per forward/backward pass when computing an edit
 
 EDITOR_FORMAT = "mend-editor/1"
+SCOPE_DIR = "scope"  # an editor's scope model, when it has one, lies beside its weights
 
 
 class IncompatibleModelError(ValueError):
@@ -54,6 +57,9 @@ class Editor(nn.Module):
         self.targets = list(targets)
         self.base_model = dict(base_model or {})
         self.metadata: dict = {}  # what the training run recorded (editor.json "extra")
+        # Decides which requests a scoped edit's corrections apply to (mend.scope); trained
+        # apart from the networks and saved beside them.
+        self.scope: ScopeModel | None = None
         # Group targets: one network per shape (or per matrix), mode = index in group.
         groups: dict[str, list[EditTarget]] = {}
         for target in self.targets:
@@ -85,6 +91,14 @@ class Editor(nn.Module):
             for i, target in enumerate(self.targets):
                 self.register_buffer(f"key_precond_{i}", torch.eye(target.d_in))
             self.register_buffer("key_precond_fitted", torch.zeros((), dtype=torch.bool))
+
+    def __setattr__(self, name, value):
+        if name == "scope":
+            # Not a submodule: the scope model is trained apart and saved beside the
+            # editor's weights, not inside its state dict.
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -141,28 +155,35 @@ class Editor(nn.Module):
         return self.config.aggregation == "least_squares"
 
     # -- the transform ----------------------------------------------------------------
-    def deltas_from(
-        self, factors: dict[str, Factors], update_stats: bool = False
-    ) -> dict[str, LowRankDelta]:
-        """Transform captured factors into per-matrix low-rank changes (differentiable),
-        aggregated as the config says (see :mod:`mend.aggregation`)."""
-        if self.least_squares:
-            return {n: ks.solve() for n, ks in self.key_shifts(factors, update_stats).items()}
-        return self._transform(factors, update_stats)
+    def key_precond(self, name: str) -> torch.Tensor | None:
+        """Matrix ``name``'s key preconditioner (None without key preconditioning)."""
+        if self.config.key_preconditioning != "covariance":
+            return None
+        return getattr(self, f"key_precond_{self._lr_index[name]}")
 
-    def key_shifts(self, factors: dict[str, Factors], update_stats: bool = False) -> dict[str, KeyShifts]:
-        """Per matrix, each edited token's key and the output shift it asks for."""
-        terms = self._transform(factors, update_stats)
-        out = {}
-        for name, term in terms.items():
-            index = self._lr_index[name]
-            # term.v = -lr * delta~, so the shift -lr (u . u~) delta~ is (u . u~) * term.v.
-            shifts = (factors[name].u.float() * term.u).sum(-1, keepdim=True) * term.v
-            precond = getattr(self, f"key_precond_{index}") if self.config.key_preconditioning == "covariance" else None
-            out[name] = KeyShifts(factors[name].u.float(), shifts, term.example, self.log_lambdas[index].exp(), precond)
-        return out
+    def regulariser(self, name: str) -> torch.Tensor:
+        """Matrix ``name``'s learned least-squares regulariser."""
+        return self.log_lambdas[self._lr_index[name]].exp()
 
-    def _transform(self, factors: dict[str, Factors], update_stats: bool) -> dict[str, LowRankDelta]:
+    def change_from(
+        self,
+        factors: dict[str, Factors],
+        update_stats: bool = False,
+        source: EditSource | None = None,
+        aggregation: str | None = None,
+    ) -> Change:
+        """Captured factors as a change, aggregated as ``aggregation`` says (default: the
+        editor's own; see :mod:`mend.aggregations`). Differentiable in the editor."""
+        name = aggregation or self.config.aggregation
+        if name not in CHANGES:
+            raise ValueError(f"unknown aggregation {name!r}; known: {', '.join(CHANGES)}")
+        return CHANGES[name].from_editor(self, factors, update_stats, source)
+
+    def deltas_from(self, factors: dict[str, Factors], update_stats: bool = False) -> dict[str, LowRankDelta]:
+        """The per-matrix low-rank changes meta-training scores (differentiable)."""
+        return self.change_from(factors, update_stats).deltas()
+
+    def terms(self, factors: dict[str, Factors], update_stats: bool = False) -> dict[str, LowRankDelta]:
         """The editor networks on every row; one rank-1 term ``-lr delta~ u~^T`` per row.
 
         Rows of all matrices that share a network go through it in one batch.
@@ -183,11 +204,11 @@ class Editor(nn.Module):
             start = 0
             for name, part in zip(names, parts, strict=True):
                 stop = start + part.rows
-                index = self._lr_index[name]
-                lr = self.edit_lrs[index]
+                lr = self.edit_lrs[self._lr_index[name]]
                 u_rows = u_t[start:stop]
-                if self.config.key_preconditioning == "covariance":
-                    u_rows = u_rows @ getattr(self, f"key_precond_{index}")
+                precond = self.key_precond(name)
+                if precond is not None:
+                    u_rows = u_rows @ precond
                 deltas[name] = LowRankDelta(u_rows, -lr * delta_t[start:stop], part.example)
                 start = stop
         return deltas
@@ -212,6 +233,8 @@ class Editor(nn.Module):
         strict: bool = True,
         passes: int = 1,
         applied_as: Callable[[Edit], AbstractContextManager] | None = None,
+        aggregation: str | None = None,
+        subjects: Sequence[str | None] | None = None,
     ) -> Edit:
         """Compute the edit that makes ``targets`` the model's outputs for ``prompts``.
 
@@ -226,6 +249,10 @@ class Editor(nn.Module):
         ``applied_as(edit)`` puts the edit so far into the model for the next pass
         (default ``edit.applied(model)``); the corrections queue re-solves it with the
         active corrections instead, so passes see the model it would publish.
+
+        ``aggregation`` overrides the editor's own (e.g. ``"scoped"`` for a summed editor
+        with a scope model); ``subjects`` name each prompt's subject, where scoped edits
+        anchor their scope keys (the last prompt token when absent).
         """
         self.check_model(model, strict=strict)
         if len(prompts) != len(targets):
@@ -236,22 +263,19 @@ class Editor(nn.Module):
         requests = [EditRequest(p, t, i) for p, t, i in zip(prompts, targets, ids, strict=True)]
         # The weights' fingerprint, once: passes hook changes in but never touch weights.
         info = base_model_info(model) if not self.base_model else self.base_model
-        edit = self._edit_once(model, requests, info)
+        source = EditSource(model, [r.prompt for r in requests], list(subjects or [None] * len(requests)))
+        edit = self._edit_once(model, requests, info, source, aggregation)
         for _ in range(passes - 1):
             with (applied_as or Edit.applied)(edit):
-                further = self._edit_once(model, requests, info)
+                further = self._edit_once(model, requests, info, source, aggregation)
             edit = edit.with_pass(further)
         return edit
 
-    def _edit_once(self, model: EditableModel, requests: list[EditRequest], info: dict) -> Edit:
-        capture = self._capture(model, [r.prompt for r in requests], [r.target for r in requests])
+    def _edit_once(self, model, requests: list[EditRequest], info: dict, source: EditSource, aggregation) -> Edit:
+        capture = self._capture(model, source.prompts, [r.target for r in requests])
         with torch.no_grad():
-            if self.least_squares:
-                memory = {n: ks.detach() for n, ks in self.key_shifts(capture.factors).items()}
-                return Edit.from_key_shifts(memory, model.layouts, requests, info, model)
-            deltas = self._transform(capture.factors, update_stats=False)
-        deltas = {n: d.detach() for n, d in deltas.items()}
-        return Edit(deltas, model.layouts, requests, info, model)
+            change = self.change_from(capture.factors, source=source, aggregation=aggregation).detach()
+        return Edit(change, model.layouts, requests, info, model)
 
     @torch.no_grad()
     def fit_normalization(
@@ -344,6 +368,8 @@ class Editor(nn.Module):
             "extra": extra or {},
         }
         (directory / "editor.json").write_text(json.dumps(meta, indent=2))
+        if self.scope is not None:
+            self.scope.save(directory / SCOPE_DIR)
         return directory
 
     @classmethod
@@ -361,6 +387,8 @@ class Editor(nn.Module):
         state = load_file(directory / "editor.safetensors", device=str(map_location))
         editor.load_state_dict(state)
         editor.metadata = meta.get("extra", {})
+        if (directory / SCOPE_DIR / "scope.json").exists():
+            editor.scope = ScopeModel.load(directory / SCOPE_DIR)
         return editor.to(map_location)
 
 

@@ -193,10 +193,10 @@ def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_
     name = model.targets[0].module_name
     first = versions.load_edit(versions.active(1))
     both = versions.load_edit(versions.active(2))
-    assert float(first.memory[name].lam) == pytest.approx(float(trained[0].exp()))
+    assert float(first.change.shifts[name].lam) == pytest.approx(float(trained[0].exp()))
     # Version 2 is one solve over all four corrections, under the newest run's regulariser.
-    assert len(both.memory[name].keys) > len(first.memory[name].keys)
-    assert float(both.memory[name].lam) == pytest.approx(4 * float(trained[0].exp()))
+    assert len(both.change.shifts[name].keys) > len(first.change.shifts[name].keys)
+    assert float(both.change.shifts[name].lam) == pytest.approx(4 * float(trained[0].exp()))
     # A rollback re-solves under the newest remaining batch's regulariser and says so.
     newest_ids = versions.manifest(2)["added"]
     assert versions.manifest(rollback(queue, correction_ids=newest_ids[:1]))["regulariser_scale"] == 4.0
@@ -221,12 +221,12 @@ def test_further_passes_are_recorded_and_kept_with_their_corrections(tmp_path):
         versions = VersionStore(queue.store)
         assert versions.manifest(2)["passes"] == passes
         full = versions.load_edit(versions.active(2))
-        rows[passes] = len(full.memory[name].keys)
+        rows[passes] = len(full.change.shifts[name].keys)
         # Rolling a correction back takes out the rows of every pass it was captured in.
         rolled = rollback(queue, correction_ids=[items[0]["id"]])
         left = versions.load_edit(versions.active(rolled))
         assert [r.request_id for r in left.requests] == [i["id"] for i in items[1:]]
-        assert len(left.memory[name].keys) == rows[passes] - int((full.memory[name].example == 0).sum())
+        assert len(left.change.shifts[name].keys) == rows[passes] - int((full.change.shifts[name].example == 0).sum())
         assert torch.allclose(left.dense()[name], full.select([1, 2, 3]).dense()[name], atol=1e-6)
     assert rows[2] == 2 * rows[1]
 
@@ -243,9 +243,9 @@ def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_
     hooked_per_pass = []
     capture_once = Editor._edit_once
 
-    def spy(self, model, requests, info):
+    def spy(self, model, *args):
         hooked_per_pass.append(DeltaHooks.of(model.model).keys())
-        return capture_once(self, model, requests, info)
+        return capture_once(self, model, *args)
 
     monkeypatch.setattr(Editor, "_edit_once", spy)
     apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=2))
@@ -276,7 +276,7 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
     final = published[4]
     from_rows = versions.load_edit(versions.active(4))
     dense_solved = 0
-    for name, ks in final.memory.items():
+    for name, ks in final.change.shifts.items():
         # Past the matrix's narrower side the run solved from summed normal equations ...
         if ks.normal is not None:
             dense_solved += 1
@@ -294,7 +294,7 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
     final, from_rows = published[7], versions.load_edit(versions.active(7))
     assert items[0]["id"] not in {r.request_id for r in final.requests}
     assert [r.request_id for r in final.requests] == [r.request_id for r in from_rows.requests]
-    for name in final.memory:
+    for name in final.change.shifts:
         assert torch.allclose(final.dense()[name], from_rows.dense()[name], atol=1e-5)
 
 

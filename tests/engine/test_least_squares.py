@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mend import Edit, Editor, EditorConfig
-from mend.aggregation import solve_shift
+from mend.aggregations.least_squares import key_shifts, solve_shift
 from tests.support.tiny_models import REQUESTS, tiny_model
 
 LS = EditorConfig(rank=16, edit_lr_init=1e-2, aggregation="least_squares")
@@ -153,7 +153,7 @@ def test_scaling_the_regularisers_trades_edit_strength_for_locality():
     def moved(factor: float) -> float:
         editor = _editor(model)
         editor.scale_regularisers(factor)
-        shifts = editor.key_shifts(editor._capture(model, prompts, targets).factors)
+        shifts = key_shifts(editor, editor._capture(model, prompts, targets).factors)
         assert all(torch.isclose(ks.lam, torch.tensor(factor)) for ks in shifts.values())
         with editor.edit(model, prompts, targets).applied(), torch.no_grad():
             return (model.task.logits(model.model, batch) - before).abs().mean().item()
@@ -185,13 +185,13 @@ def test_further_passes_are_captured_on_the_edited_model_and_stay_per_request(ag
     if aggregation == "sum":  # stacked: the two passes' changes add up
         assert torch.allclose(twice.dense()[name], once.dense()[name] + further.dense()[name], atol=1e-5)
     else:  # one solve over both passes' rows, not the sum of two solves
-        assert len(twice.memory[name].keys) == 2 * len(once.memory[name].keys)
+        assert len(twice.change.shifts[name].keys) == 2 * len(once.change.shifts[name].keys)
         assert not torch.allclose(twice.dense()[name], once.dense()[name] + further.dense()[name], atol=1e-5)
     # Each request keeps both passes' rows: taking one out takes out all of its rows.
     only_b = twice.select([1])
     expected = editor.edit(model, prompts[1:], targets[1:], ["b"], passes=1)
-    rows = (only_b.memory[name].keys if aggregation == "least_squares" else only_b.deltas[name].u).shape[0]
-    single = (expected.memory[name].keys if aggregation == "least_squares" else expected.deltas[name].u).shape[0]
+    rows = (only_b.change.shifts[name].keys if aggregation == "least_squares" else only_b.deltas[name].u).shape[0]
+    single = (expected.change.shifts[name].keys if aggregation == "least_squares" else expected.deltas[name].u).shape[0]
     assert rows == 2 * single
     with pytest.raises(ValueError, match="at least 1"):
         editor.edit(model, prompts, targets, passes=0)
@@ -200,7 +200,7 @@ def test_further_passes_are_captured_on_the_edited_model_and_stay_per_request(ag
 
 
 def _key_shifts(n, seed, precond=None):
-    from mend.aggregation import KeyShifts
+    from mend.aggregations import KeyShifts
 
     generator = torch.Generator().manual_seed(seed)
     keys, shifts = torch.randn(n, 8, generator=generator) * 3, torch.randn(n, 5, generator=generator)
@@ -209,7 +209,7 @@ def _key_shifts(n, seed, precond=None):
 
 @pytest.mark.parametrize("with_penalty", [False, True])
 def test_normal_equations_of_parts_add_up_to_the_solve_over_all_rows(with_penalty):
-    from mend.aggregation import KeyShifts
+    from mend.aggregations import KeyShifts
 
     a = torch.randn(8, 8, generator=torch.Generator().manual_seed(3))
     precond = torch.linalg.inv(a @ a.T / 8 + 0.1 * torch.eye(8)) if with_penalty else None
@@ -240,7 +240,7 @@ def test_dense_solve_is_differentiable_and_keeps_nothing_that_carries_gradients(
 
 
 def test_a_least_squares_edit_is_solved_only_when_its_change_is_needed(monkeypatch):
-    from mend.aggregation import KeyShifts
+    from mend.aggregations import KeyShifts
 
     model = tiny_model("llama")
     editor = _editor(model)
@@ -266,7 +266,7 @@ def test_a_solved_edit_serves_the_same_change_without_its_keys_and_refuses_to_re
     assert not (tmp_path / "solved" / "penalty.safetensors").exists()
     assert not any(k.endswith(".keys") for k in load_file(tmp_path / "solved" / "edit.safetensors"))
     solved = Edit.load(tmp_path / "solved")
-    assert solved.aggregation == "least_squares" and solved.memory is None
+    assert solved.aggregation == "least_squares" and not solved.change.per_request
     assert [r.request_id for r in solved.requests] == ["a", "b"]
     batch = model.task.batch(prompts, targets)
     with torch.no_grad():

@@ -1,8 +1,4 @@
-"""How one matrix's per-token editor outputs become its weight change.
-
-``sum`` is MEND's: the change is the sum of the rank-1 terms, ``dW = -lr * sum_j
-delta~_j u~_j^T``. As edits pile up these terms interfere: an edit's keys also see the
-other edits' terms.
+"""MALMEN's aggregation: one solved change per matrix instead of a sum of terms.
 
 ``least_squares`` is MALMEN's (Tan et al., ICLR 2024): every edited token ``j`` asks for
 the shift its own MEND term would make to its output, ``d_j = -lr * (u_j . u~_j)
@@ -43,11 +39,20 @@ over every row the corrections ever made.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mend.aggregations.base import Change, factor_tensors, factors_from, refuse_solved
+from mend.capture import Factors
 from mend.deltas import LowRankDelta
+from mend.storage.checksum import sha256_file
+
+# The editor's key preconditioners P = M^-1, the largest file of an edit and the same for
+# every edit of one editor: kept apart so that a store can hold it once, by its hash.
+PENALTY_FILE = "penalty.safetensors"
 
 
 @dataclass(frozen=True)
@@ -200,3 +205,165 @@ def solve_normal(normal: NormalEquations, lam: Tensor, penalty: Tensor | None = 
     else:
         u, v = dense.T, torch.eye(d_out, dtype=dense.dtype, device=dense.device)
     return LowRankDelta(u, v, torch.full((u.shape[0],), -1, dtype=torch.long, device=u.device))
+
+
+class LeastSquaresChange(Change):
+    """Per module, every request's key rows and the shifts they ask for; the change is
+    the regularised solve over them, computed when first needed (:meth:`deltas`), so
+    edits only combined or saved are never solved. Combining or narrowing requests is a
+    new solve over the remaining rows, never a stack of changes."""
+
+    name = "least_squares"
+
+    def __init__(self, shifts: dict[str, KeyShifts]):
+        self.shifts = shifts
+        self._solved: dict[str, LowRankDelta] | None = None
+
+    @classmethod
+    def from_editor(cls, editor, factors, update_stats, source) -> LeastSquaresChange:
+        return cls(key_shifts(editor, factors, update_stats))
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.shifts)
+
+    def deltas(self) -> dict[str, LowRankDelta]:
+        if self._solved is None:
+            self._solved = {name: ks.solve() for name, ks in self.shifts.items()}
+        return self._solved
+
+    def shape(self) -> str:
+        return "not yet solved" if self._solved is None else super().shape()
+
+    def select(self, remap: Tensor) -> LeastSquaresChange:
+        kept = {}
+        for name, ks in self.shifts.items():
+            rows = ks.select(remap[ks.example] >= 0)
+            kept[name] = rows.renumber(remap[rows.example])
+        return LeastSquaresChange(kept)
+
+    def shifted(self, offset: int) -> LeastSquaresChange:
+        return LeastSquaresChange({n: ks.renumber(ks.example + offset) for n, ks in self.shifts.items()})
+
+    @classmethod
+    def cat(cls, parts: list[Change]) -> LeastSquaresChange:
+        """One solve over all parts' rows, with the last part's regularisers and key
+        penalties (the newest editor's settings)."""
+        per_module: dict[str, list[KeyShifts]] = {}
+        for part in parts:
+            for name, ks in part.shifts.items():
+                per_module.setdefault(name, []).append(ks)
+        return cls({name: KeyShifts.cat(kss) for name, kss in per_module.items()})
+
+    def detach(self) -> LeastSquaresChange:
+        return LeastSquaresChange({n: ks.detach() for n, ks in self.shifts.items()})
+
+    def solved(self) -> SolvedChange:
+        """The change alone: no larger than one dense change per matrix however many
+        requests it holds, loaded without a solve, but no longer re-solvable."""
+        return SolvedChange({n: d.detach() for n, d in self.deltas().items()}, self.name)
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {}
+        for name, ks in self.shifts.items():
+            out[f"{name}.keys"] = ks.keys.detach().contiguous().cpu()
+            out[f"{name}.shifts"] = ks.shifts.detach().contiguous().cpu()
+            out[f"{name}.key_example"] = ks.example.contiguous().cpu()
+        return out
+
+    def meta(self) -> dict:
+        return {"lambdas": {name: float(ks.lam) for name, ks in self.shifts.items()}}
+
+    def save_extra(self, directory: Path) -> dict:
+        precond = {n: ks.precond.detach().contiguous().cpu() for n, ks in self.shifts.items() if ks.precond is not None}
+        if not precond:
+            return {"penalty": None}
+        save_file(precond, directory / PENALTY_FILE)
+        return {"penalty": {"file": PENALTY_FILE, "sha256": sha256_file(directory / PENALTY_FILE)}}
+
+    @classmethod
+    def load(cls, tensors: dict[str, Tensor], meta: dict, directory: Path, cache: dict | None) -> LeastSquaresChange:
+        if meta.get("format") == "mend-edit/1":
+            raise ValueError(
+                f"{directory} is a mend-edit/1 least-squares edit, solved with an absolute regulariser: "
+                "compute it again with its editor"
+            )
+        precond = read_penalties(directory, meta.get("penalty"), cache)
+        return cls({
+            name: KeyShifts(tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],
+                            torch.tensor(lam), precond.get(name))
+            for name, lam in meta["lambdas"].items()
+        })
+
+
+def key_shifts(editor, factors: dict[str, Factors], update_stats: bool = False) -> dict[str, KeyShifts]:
+    """Per matrix, each edited token's key and the output shift its editor term asks for:
+    the term's ``v = -lr delta~``, so the shift ``-lr (u . u~) delta~`` is ``(u . u~) v``."""
+    out = {}
+    for name, term in editor.terms(factors, update_stats).items():
+        u = factors[name].u.float()
+        shifts = (u * term.u).sum(-1, keepdim=True) * term.v
+        out[name] = KeyShifts(u, shifts, term.example, editor.regulariser(name), editor.key_precond(name))
+    return out
+
+
+class SolvedChange(Change):
+    """A solved change kept as its factors only (:meth:`LeastSquaresChange.solved`).
+
+    Its rows no longer belong to single requests, so it refuses to be combined, narrowed
+    or re-solved; it records the aggregation it was solved from."""
+
+    per_request = False
+
+    @classmethod
+    def from_editor(cls, editor, factors, update_stats, source) -> Change:
+        raise TypeError("editors make changes to solve, not solved ones")
+
+    def __init__(self, deltas: dict[str, LowRankDelta], solved_from: str):
+        self._deltas = deltas
+        self.name = solved_from  # an instance attribute: the aggregation it came from
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self._deltas)
+
+    def deltas(self) -> dict[str, LowRankDelta]:
+        return self._deltas
+
+    def select(self, remap: Tensor) -> Change:
+        refuse_solved(self.name, "select from")
+
+    def shifted(self, offset: int) -> Change:
+        refuse_solved(self.name, "combine")
+
+    @classmethod
+    def cat(cls, parts: list[Change]) -> Change:
+        refuse_solved(parts[0].name, "combine")
+
+    def with_pass(self, further: Change) -> Change:
+        refuse_solved(self.name, "add a pass to")
+
+    def tensors(self) -> dict[str, Tensor]:
+        return factor_tensors(self._deltas)
+
+    @classmethod
+    def load(cls, tensors: dict[str, Tensor], meta: dict, directory: Path, cache: dict | None) -> SolvedChange:
+        return cls(factors_from(tensors, meta["modules"]), meta["aggregation"])
+
+
+def read_penalties(directory: Path, penalty: dict | None, cache: dict | None = None) -> dict[str, Tensor]:
+    """The key preconditioners an ``edit.json`` points to (``{"file", "sha256"}``);
+    ``cache`` (by sha256) reads each file once for edits loaded together."""
+    if penalty is None:
+        return {}
+    if cache is not None and penalty["sha256"] in cache:
+        return cache[penalty["sha256"]]
+    path = directory / penalty["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} needs its key penalty file {penalty['file']} (sha256 {penalty['sha256']})")
+    if sha256_file(path) != penalty["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 recorded in edit.json")
+    penalties = load_file(path)
+    if cache is not None:
+        cache[penalty["sha256"]] = penalties
+    return penalties

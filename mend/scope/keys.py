@@ -1,0 +1,27 @@
+"""Scope keys of corrections: where each correction's scope is anchored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mend.models.editable import EditableModel
+from mend.scope.model import ScopeModel
+from mend.scope.states import block_states, subject_position
+
+
+@torch.no_grad()
+def correction_keys(
+    scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
+) -> Tensor:
+    """One key per prompt ``(n, dim)``: the embedded state at its subject's last token."""
+    subjects = list(subjects) if subjects is not None else [None] * len(prompts)
+    if len(subjects) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
+    states = block_states(model, prompts, scope.config.layer)
+    rows = [s.states[subject_position(p, s.offsets, subj)] for p, s, subj in zip(prompts, states, subjects, strict=True)]
+    if not rows:
+        return torch.zeros(0, scope.config.dim)
+    return scope.embed(torch.stack(rows))

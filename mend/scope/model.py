@@ -1,0 +1,103 @@
+"""A scope model: decides which stored corrections a request falls within.
+
+SERAC (Mitchell et al., ICML 2022) routes an input to an edit only when a trained scope
+classifier says it is within that edit's scope; GRACE keeps one hidden-state key per
+edit at one layer with a deferral radius. Ours is GRACE's key on MEMIT's position,
+made separable by training as SERAC does:
+
+* every correction has a **key**: the embedding of the base model's hidden state after
+  decoder block ``layer`` at the last token of the correction's subject (the last
+  prompt token when it names none);
+* a request's **score** for a correction is the highest cosine between that key and the
+  embedding of any of the request's prompt tokens (the first ``skip_first`` positions
+  aside: their attention-sink states look alike for every input);
+* the request is **in scope** when the score reaches ``threshold``.
+
+The embedding ``normalise(W (h - c))`` is learned (:mod:`mend.scope.fit`) so that
+rephrases of a correction score high and unrelated or same-relation/other-subject
+prompts low; ``c`` is the states' mean on generic text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+SCOPE_FORMAT = "mend-scope/1"
+
+
+class ScopeConfig(BaseModel):
+    """How a scope model reads states and when it switches a correction on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layer: int = Field(4, ge=0, description="hidden states after this decoder block (0-based)")
+    dim: int = Field(128, gt=0, description="width of the learned embedding")
+    threshold: float = Field(0.8, gt=-1, le=1, description="cosine at or above which a request is in scope")
+    skip_first: int = Field(1, ge=0, description="leading prompt positions never matched")
+    max_active: int = Field(8, ge=1, description="most corrections switched on for one sequence")
+
+
+class ScopeModel(nn.Module):
+    """The learned embedding of hidden states plus its routing settings."""
+
+    def __init__(self, config: ScopeConfig, d_model: int):
+        super().__init__()
+        self.config = config
+        self.register_buffer("center", torch.zeros(d_model))
+        self.proj = nn.Linear(d_model, config.dim, bias=False)
+
+    @property
+    def d_model(self) -> int:
+        return self.center.shape[0]
+
+    def embed(self, states: Tensor) -> Tensor:
+        """Unit-length embeddings of states ``(..., d_model)``."""
+        return nn.functional.normalize(self.proj(states.float() - self.center), dim=-1)
+
+    def with_threshold(self, threshold: float) -> ScopeModel:
+        """The same embedding under another threshold (shares the weights)."""
+        other = ScopeModel(self.config.model_copy(update={"threshold": threshold}), self.d_model)
+        other.load_state_dict(self.state_dict())
+        return other
+
+    @torch.no_grad()
+    def fingerprint(self) -> str:
+        """A hash of the embedding's weights: keys are only comparable under the same one."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(str(self.config.layer).encode())
+        return digest.hexdigest()[:16]
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``scope.safetensors`` and ``scope.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  directory / "scope.safetensors")
+        meta = {"format": SCOPE_FORMAT, "config": self.config.model_dump(), "d_model": self.d_model,
+                "fingerprint": self.fingerprint(), "extra": extra or {}}
+        (directory / "scope.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ScopeModel:
+        directory = Path(directory)
+        path = directory / "scope.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} holds no scope.json (train one with mend.scope.fit)")
+        meta = json.loads(path.read_text())
+        if meta.get("format") != SCOPE_FORMAT:
+            raise ValueError(f"{directory} is not a {SCOPE_FORMAT} scope model (format={meta.get('format')})")
+        model = cls(ScopeConfig(**meta["config"]), meta["d_model"])
+        model.load_state_dict(load_file(directory / "scope.safetensors"))
+        model.metadata = meta.get("extra", {})
+        return model.eval()

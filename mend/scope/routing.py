@@ -1,0 +1,230 @@
+"""Routing in the forward pass: each sequence sees only the corrections in its scope.
+
+Scoped edits hooked into one model share one :class:`RoutedChanges`. Per forward pass
+of a new sequence (no cached keys yet), a hook on the scope model's block embeds every
+prompt token, scores each stored correction by its best token (see
+:mod:`mend.scope.model`) and switches on, for that sequence, the corrections at or above
+the threshold (at most ``max_active``, the best first). Hooks on the edited matrices
+then add only those corrections' rows, so a sequence matching nothing is computed
+exactly as by the base model. Generation keeps the decision made on the prompt for
+every token it adds (later forwards carry a non-empty cache).
+
+The search is one matrix product of the prompt's token embeddings with every stored
+key: at tens of thousands of corrections that is a small fraction of a forward pass.
+Far beyond, an approximate nearest-neighbour index (FAISS, hnswlib) over the same keys
+would replace the product without changing anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mend.deltas import LowRankDelta
+from mend.models.targets import layer_template
+from mend.scope.model import ScopeModel
+from mend.scope.states import block_output, decoder_blocks
+
+
+@dataclass
+class _Index:
+    """Every hooked scoped change's keys and rows, numbered by one global request index."""
+
+    keys: Tensor  # (m, dim) unit-length
+    key_owner: Tensor  # (m,) global request of each key
+    n_requests: int
+    rows: dict[str, tuple[Tensor, Tensor, Tensor]]  # module -> (u, v, start) rows sorted by request
+
+
+@dataclass
+class Routing:
+    """The corrections switched on for each sequence of the current forward pass."""
+
+    active: list[Tensor]  # per sequence, global request indices
+    scores: Tensor  # (B, n_requests) best-token cosine per correction
+
+
+class RoutedChanges:
+    """The scoped changes hooked into one model, and the hooks that route them."""
+
+    _ATTR = "_mend_routed_changes"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.changes: dict[object, object] = {}  # key -> ScopedChange, in application order
+        self.scope: ScopeModel | None = None
+        self._index: _Index | None = None
+        self._routing_handles: list = []  # the model's pre-hook and the scope block's hook
+        self._module_handles: dict[str, object] = {}  # edited module -> its hook
+        self._fresh = True
+        self._attention: Tensor | None = None
+        self._prompt_mask: Tensor | None = None
+        self._plan: dict[str, tuple[Tensor, Tensor]] = {}
+        self.last: Routing | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> RoutedChanges:
+        """The router attached to ``model``, created on first use."""
+        routed = model.__dict__.get(cls._ATTR)
+        if routed is None:
+            routed = cls(model)
+            model.__dict__[cls._ATTR] = routed
+        return routed
+
+    # -- what is hooked in -----------------------------------------------------------
+    def add(self, key: object, change) -> None:
+        if key in self.changes:
+            raise ValueError("this edit is already applied")
+        scope = change.scope
+        if self.scope is not None and scope.fingerprint() != self.scope.fingerprint():
+            raise ValueError("scoped edits made with different scope models cannot be applied together")
+        blocks = decoder_blocks(self.model)
+        edited = min(layer_template(name)[1] for name in change.modules)
+        if edited <= scope.config.layer:
+            raise ValueError(
+                f"the scope model reads block {scope.config.layer}, but the edit changes block {edited}: "
+                "routing needs every edited block above the one it reads"
+            )
+        if not self._routing_handles:
+            self.scope = scope
+            self._routing_handles = [
+                self.model.register_forward_pre_hook(self._note_inputs, with_kwargs=True),
+                blocks[scope.config.layer].register_forward_hook(self._route),
+            ]
+        for name in change.modules:
+            if name not in self._module_handles:
+                self._module_handles[name] = self.model.get_submodule(name).register_forward_hook(self._contribute(name))
+        self.changes[key] = change
+        self._index, self._plan = None, {}
+
+    def remove(self, key: object) -> None:
+        if self.changes.pop(key, None) is None:
+            return
+        self._index, self._plan = None, {}
+        if not self.changes:
+            for handle in [*self._routing_handles, *self._module_handles.values()]:
+                handle.remove()
+            self._routing_handles, self._module_handles = [], {}
+            self.scope = None
+
+    def index(self) -> _Index:
+        """The global index over every hooked change (rebuilt after an add or remove)."""
+        if self._index is None:
+            self._index = self._build()
+        return self._index
+
+    def _build(self) -> _Index:
+        keys, owners, per_module, offset = [], [], {}, 0
+        for change in self.changes.values():
+            keys.append(change.keys)
+            owners.append(change.key_request + offset)
+            for name, delta in change.deltas().items():
+                per_module.setdefault(name, []).append(LowRankDelta(delta.u, delta.v, delta.example + offset))
+            offset += change.n_requests
+        rows = {}
+        for name, parts in per_module.items():
+            merged = LowRankDelta.cat(parts)
+            order = torch.argsort(merged.example, stable=True)
+            owner = merged.example[order]
+            start = torch.searchsorted(owner, torch.arange(offset + 1))
+            rows[name] = (merged.u[order], merged.v[order], start)
+        return _Index(torch.cat(keys), torch.cat(owners), offset, rows)
+
+    # -- deciding on the prompt ------------------------------------------------------
+    @contextlib.contextmanager
+    def deciding_on(self, prompt_mask: Tensor) -> Iterator[None]:
+        """Route the enclosed forward on the positions ``prompt_mask`` (B, T) marks only:
+        for teacher-forced scoring, whose inputs carry the answer after the prompt."""
+        self._prompt_mask = prompt_mask
+        try:
+            yield
+        finally:
+            self._prompt_mask = None
+
+    def _note_inputs(self, module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
+        self._fresh = cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+        self._attention = kwargs.get("attention_mask")
+        return None
+
+    def _route(self, module, args, output) -> None:
+        if not self._fresh:
+            return  # generation goes on under the decision made on its prompt
+        hidden = block_output(output).detach()
+        self.last = self.decide(hidden, self._attention, self._prompt_mask)
+        self._plan = self._gather(self.last.active, hidden.shape[0])
+
+    @torch.no_grad()
+    def decide(self, hidden: Tensor, attention: Tensor | None = None, prompt_mask: Tensor | None = None) -> Routing:
+        """Which corrections each sequence of ``hidden`` (B, T, d_model) falls within."""
+        scope, index = self.scope, self.index()
+        config = scope.config
+        b, t, _ = hidden.shape
+        real = torch.ones(b, t, dtype=torch.bool, device=hidden.device) if attention is None else attention.bool()
+        if real.shape[1] != t:  # a mask longer than this forward's inputs (not expected)
+            real = real[:, -t:]
+        position = real.long().cumsum(1) - 1  # index among the real tokens, left padding or right
+        usable = real & (position >= config.skip_first)
+        if prompt_mask is not None:
+            usable &= prompt_mask.to(usable.device).bool()
+        queries = scope.embed(hidden)  # (B, T, dim)
+        sims = queries @ index.keys.to(queries.device).T  # (B, T, m)
+        sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
+        scores = torch.full((b, index.n_requests), -2.0, device=sims.device)
+        owner = index.key_owner.to(sims.device).expand(b, -1)
+        scores = scores.scatter_reduce(1, owner, sims, reduce="amax")
+        active = []
+        for row in scores:
+            hits = (row >= config.threshold).nonzero().flatten()
+            if len(hits) > config.max_active:
+                hits = hits[row[hits].topk(config.max_active).indices]
+            active.append(hits.cpu())
+        return Routing(active, scores)
+
+    def _gather(self, active: list[Tensor], batch: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per module, the switched-on rows of each sequence, zero-padded to one width."""
+        if not any(len(a) for a in active):
+            return {}
+        plan = {}
+        for name, (u, v, start) in self.index().rows.items():
+            picks = [torch.cat([torch.arange(int(start[r]), int(start[r + 1])) for r in a]) if len(a)
+                     else torch.zeros(0, dtype=torch.long) for a in active]
+            width = max(len(p) for p in picks)
+            if width == 0:
+                continue
+            us = u.new_zeros(batch, width, u.shape[1])
+            vs = v.new_zeros(batch, width, v.shape[1])
+            for i, p in enumerate(picks):
+                us[i, : len(p)] = u[p]
+                vs[i, : len(p)] = v[p]
+            plan[name] = (us, vs)
+        return plan
+
+    def _contribute(self, name: str):
+        def hook(module, args, output):
+            planned = self._plan.get(name)
+            if planned is None:
+                return output
+            x = args[0]
+            us, vs = planned
+            if us.shape[0] != x.shape[0]:
+                raise RuntimeError(f"routing was decided for {us.shape[0]} sequences, this forward has {x.shape[0]}")
+            return output + torch.bmm(torch.bmm(x, us.to(x.dtype).transpose(1, 2)), vs.to(x.dtype))
+
+        return hook
+
+
+@contextlib.contextmanager
+def routed_on_prompts(model: nn.Module, prompt_mask: Tensor) -> Iterator[None]:
+    """Decide routing on ``prompt_mask``'s positions in the enclosed forward, if any scoped
+    edit is applied to ``model`` (otherwise nothing happens)."""
+    routed = model.__dict__.get(RoutedChanges._ATTR)
+    if routed is None or not routed.changes:
+        yield
+        return
+    with routed.deciding_on(prompt_mask):
+        yield

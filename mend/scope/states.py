@@ -1,0 +1,90 @@
+"""The base model's hidden states after one decoder block: what scope keys are made of.
+
+Only the blocks up to the routing layer run (the forward stops there), and those blocks
+are never edited, so the states are the base model's whatever corrections are applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mend.models.editable import EditableModel
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of decoder blocks of a causal LM (``model.layers``, ``transformer.h``...)."""
+    config = model.config
+    n = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), None)
+    if getattr(config, "is_encoder_decoder", False) or n is None:
+        raise ValueError(f"scoped edits route decoder-only causal LMs; {type(model).__name__} is not one")
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"found no stack of {n} decoder blocks in {type(model).__name__}")
+
+
+def block_output(output) -> Tensor:
+    """The hidden states a decoder block returns (a tensor, or the first of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _Reached(Exception):
+    """Raised by the hook on the routing block: nothing above it needs to run."""
+
+
+@dataclass
+class TextStates:
+    """Hidden states of one text after the routing block, one row per token."""
+
+    states: Tensor  # (T, d_model)
+    offsets: list[tuple[int, int]]  # character span of each token
+
+
+@torch.no_grad()
+def block_states(model: EditableModel, texts: Sequence[str], layer: int, batch_size: int = 32) -> list[TextStates]:
+    """Per text, the states after decoder block ``layer`` (0-based) for every token."""
+    block = decoder_blocks(model.model)[layer]
+    tok = model.tokenizer
+    captured: list[Tensor] = []
+
+    def stop(module, args, output):
+        captured.append(block_output(output).detach())
+        raise _Reached
+
+    handle = block.register_forward_hook(stop)
+    out: list[TextStates] = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            enc = tok(chunk, return_tensors="pt", padding=True, return_offsets_mapping=True)
+            offsets = enc.pop("offset_mapping")
+            mask = enc["attention_mask"].bool()
+            captured.clear()
+            with contextlib.suppress(_Reached):
+                model.model(**enc.to(model.device), use_cache=False)
+            states = captured[0].float().cpu()
+            for i in range(len(chunk)):
+                keep = mask[i]
+                out.append(TextStates(states[i][keep], [tuple(o) for o in offsets[i][keep].tolist()]))
+    finally:
+        handle.remove()
+    return out
+
+
+def subject_position(text: str, offsets: Sequence[tuple[int, int]], subject: str | None) -> int:
+    """The token at which ``subject`` ends in ``text`` (its last occurrence, case-insensitive),
+    where MEMIT reads its keys; the last token when there is no subject or it is absent."""
+    last = len(offsets) - 1
+    if not subject:
+        return last
+    end = text.lower().rfind(subject.lower())
+    if end < 0:
+        return last
+    end += len(subject)
+    inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < end]
+    return inside[-1] if inside else last
