@@ -23,8 +23,9 @@ from .errors import (
     InvalidKeyError,
     InvalidStoreURIError,
     StorageError,
+    UntrustedObjectError,
 )
-from .factory import open_store
+from .factory import STORE_ENV, open_store, resolve_store_uri
 from .keys import validate_key, validate_prefix
 from .local import LocalStore
 from .s3 import S3Config, S3Store
@@ -40,8 +41,11 @@ __all__ = [
     "LocalStore",
     "S3Config",
     "S3Store",
+    "STORE_ENV",
     "StorageError",
+    "UntrustedObjectError",
     "open_store",
+    "resolve_store_uri",
     "sha256_bytes",
     "sha256_file",
     "validate_key",

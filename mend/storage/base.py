@@ -129,6 +129,14 @@ class ArtifactStore(ABC):
         callers wins, so this is suitable for locks and leases.
         """
 
+    def get_unverified(self, key: str) -> bytes:
+        """``key``'s bytes without checking them against a recorded checksum.
+
+        Only for keeping what could not be verified (a queue's quarantine); everything
+        else reads with :meth:`get_bytes`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot read unverified bytes")
+
     # ------------------------------------------------------------------ derived helpers
     def put_json(self, key: str, obj: Any) -> None:
         """Store ``obj`` as UTF-8 JSON (sorted keys, strict: NaN/Infinity are rejected)."""

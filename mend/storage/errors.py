@@ -95,3 +95,19 @@ class ChecksumMismatchError(StorageError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str | None, str | None, int, str]]:
         return (type(self), (self.key, self.expected, self.actual, self.attempts, self.detail))
+
+
+class UntrustedObjectError(StorageError):
+    """Something occupies a key that the store will not read or write through.
+
+    A local store never follows symbolic links (they could lead out of its root): a
+    link in place of an object, or in place of a folder on the way to one, raises this.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"untrusted artifact {key!r}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.key, self.reason))

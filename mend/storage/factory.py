@@ -1,8 +1,10 @@
-"""``open_store``: turn a URI or path into an :class:`ArtifactStore`."""
+"""``open_store``: turn a URI or path into an :class:`ArtifactStore`; ``resolve_store_uri``:
+which store a command or flow uses when none is named."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -11,6 +13,53 @@ from .base import ArtifactStore
 from .errors import InvalidStoreURIError
 from .local import LocalStore
 from .s3 import S3Config, S3Store, parse_s3_uri
+
+STORE_ENV = "MEND_STORE"
+"""The one environment variable naming the artifact store, for the CLI, the flows and
+the deployments alike."""
+
+LEGACY_STORE_ENV = "MEND_STORAGE_URI"
+"""The flows' former name for it; still read (with a warning) when ``MEND_STORE`` is unset."""
+
+DEFAULT_STORE = "artifacts"
+
+
+def resolve_store_uri(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The artifact store to use: ``explicit`` if given, else ``$MEND_STORE``, else ``artifacts``.
+
+    Every entry point (``mend corrections``, the pipeline configuration's ``storage.uri:
+    null``, the Prefect deployments) resolves the store here, so a correction submitted
+    from a shell and the scheduled run that applies it name the same store.
+
+    Raises :class:`InvalidStoreURIError` when the environment is ambiguous: ``MEND_STORE``
+    and the former ``MEND_STORAGE_URI`` naming different stores, or a deployment
+    placeholder (``{{ $MEND_STORE }}``) that ``prefect deploy`` could not fill.
+    """
+    if explicit is not None and os.fspath(explicit) != "":
+        return os.fspath(explicit)
+    value = os.environ.get(STORE_ENV, "").strip()
+    legacy = os.environ.get(LEGACY_STORE_ENV, "").strip()
+    for name, given in ((STORE_ENV, value), (LEGACY_STORE_ENV, legacy)):
+        if "{{" in given:
+            raise InvalidStoreURIError(
+                f"{name} is {given!r}, a placeholder `prefect deploy` left unfilled: "
+                f"export {STORE_ENV} before `prefect deploy`, or set it in the work pool"
+            )
+    if value and legacy and value != legacy:
+        raise InvalidStoreURIError(
+            f"{STORE_ENV}={value!r} and {LEGACY_STORE_ENV}={legacy!r} name different stores: "
+            f"unset {LEGACY_STORE_ENV} (its former name) and keep {STORE_ENV}"
+        )
+    if value:
+        return value
+    if legacy:
+        warnings.warn(
+            f"{LEGACY_STORE_ENV} is the former name of {STORE_ENV}; rename it",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return legacy
+    return DEFAULT_STORE
 
 
 def open_store(

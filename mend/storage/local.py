@@ -39,7 +39,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,7 +47,13 @@ from typing import Any, BinaryIO
 
 from .base import ArtifactInfo, ArtifactStore, Bytes
 from .checksum import CHUNK_SIZE, sha256_bytes
-from .errors import ArtifactNotFoundError, ChecksumMismatchError, InvalidKeyError, StorageError
+from .errors import (
+    ArtifactNotFoundError,
+    ChecksumMismatchError,
+    InvalidKeyError,
+    StorageError,
+    UntrustedObjectError,
+)
 from .keys import RESERVED_SEGMENT, validate_key, validate_prefix
 
 _LOCK_STRIPES = 256
@@ -114,8 +120,21 @@ class LocalStore(ArtifactStore):
         return self.path_for(key).as_uri()
 
     def path_for(self, key: str) -> Path:
-        """Filesystem path where ``key``'s bytes live (read-only use: writes must go through the store)."""
-        return self._root.joinpath(*validate_key(key).split("/"))
+        """Filesystem path where ``key``'s bytes live (read-only use: writes must go through the store).
+
+        Raises :class:`UntrustedObjectError` if a folder on the way is a symbolic link:
+        the store never follows links, which could lead out of its root.
+        """
+        path = self._root.joinpath(*validate_key(key).split("/"))
+        _refuse_links(path.parent, self._root, key)
+        return path
+
+    def _object_path(self, key: str) -> Path:
+        """``key``'s path for reading its bytes: the object itself must not be a link either."""
+        path = self.path_for(key)
+        if path.is_symlink():
+            raise UntrustedObjectError(key, f"{path} is a symbolic link (to {os.readlink(path)!r})")
+        return path
 
     # ------------------------------------------------------------------ writes
     def put_bytes(self, key: str, data: Bytes) -> None:
@@ -135,7 +154,7 @@ class LocalStore(ArtifactStore):
         tmp, digest = self._stage(lambda out: _write_and_hash(data, out))
         try:
             with self._locked([key]):
-                if target.is_dir():
+                if target.is_dir() and not target.is_symlink():
                     raise self._conflict(key, IsADirectoryError(errno.EISDIR, "is a directory"))
                 if os.path.lexists(target):
                     return False
@@ -172,7 +191,7 @@ class LocalStore(ArtifactStore):
     def move(self, src_key: str, dst_key: str) -> None:
         validate_key(src_key)
         validate_key(dst_key)
-        src, dst = self.path_for(src_key), self.path_for(dst_key)
+        src, dst = self._object_path(src_key), self.path_for(dst_key)
         with self._locked([src_key, dst_key]):
             if not src.is_file():
                 raise ArtifactNotFoundError(src_key, self.uri_for(src_key))
@@ -196,8 +215,7 @@ class LocalStore(ArtifactStore):
 
     # ------------------------------------------------------------------ reads
     def get_bytes(self, key: str) -> bytes:
-        validate_key(key)
-        target = self.path_for(key)
+        target = self._object_path(key)
         expected: str | None = None
         actual = ""
         attempts = self._checksum_retries + 1
@@ -217,17 +235,14 @@ class LocalStore(ArtifactStore):
         raise ChecksumMismatchError(key, expected, actual, attempts)
 
     def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        validate_key(key)
-        source = self.path_for(key)
+        source = self._object_path(key)
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         expected: str | None = None
         actual = ""
         attempts = self._checksum_retries + 1
         for attempt in range(attempts):
-            fd, tmp_name = tempfile.mkstemp(
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
-            )
+            fd, tmp_name = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out:
                     with self._locked([key], shared=True):
@@ -253,10 +268,25 @@ class LocalStore(ArtifactStore):
         raise ChecksumMismatchError(key, expected, actual, attempts)
 
     def exists(self, key: str) -> bool:
-        return self.path_for(key).is_file()
+        """Whether something occupies ``key``: an object, or a link the store will not read."""
+        path = self.path_for(key)
+        return path.is_symlink() or path.is_file()
+
+    def get_unverified(self, key: str) -> bytes:
+        """``key``'s bytes without checking them against a checksum record (for quarantine).
+
+        A symbolic link is never followed: its bytes are the link's target path.
+        """
+        path = self.path_for(key)
+        if path.is_symlink():
+            return os.fsencode(os.readlink(path))
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFoundError(key, self.uri_for(key)) from None
 
     def info(self, key: str) -> ArtifactInfo:
-        target = self.path_for(key)
+        target = self._object_path(key)
         with self._locked([key], shared=True):
             try:
                 if not target.is_file():
@@ -272,15 +302,19 @@ class LocalStore(ArtifactStore):
         # Walk only the deepest directory fully named by the prefix.
         directory, _, _ = prefix.rpartition("/")
         start = self._root.joinpath(*directory.split("/")) if directory else self._root
+        _refuse_links(start, self._root, prefix)
         keys: builtins.list[str] = []
-        for dirpath, dirnames, filenames in os.walk(start):
+        for dirpath, dirnames, filenames in os.walk(start):  # never descends into links
             here = Path(dirpath)
             if here == self._root:
                 dirnames[:] = [d for d in dirnames if d != RESERVED_SEGMENT]
             relative_dir = here.relative_to(self._root).as_posix()
-            for name in filenames:
+            # A link occupies its key even though the store will not read through it.
+            links = [d for d in dirnames if (here / d).is_symlink()]
+            for name in [*filenames, *links]:
                 key = name if relative_dir == "." else f"{relative_dir}/{name}"
-                if not key.startswith(prefix) or not (here / name).is_file():
+                path = here / name
+                if not key.startswith(prefix) or not (path.is_symlink() or path.is_file()):
                     continue
                 try:
                     keys.append(validate_key(key))
@@ -307,7 +341,7 @@ class LocalStore(ArtifactStore):
 
     def _stage(self, fill: Callable[[BinaryIO], str]) -> tuple[str, str]:
         """Create a temp file, let ``fill`` write it; return its path and what ``fill`` returned."""
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, suffix=".tmp")
+        fd, tmp_name = new_file(self._tmp, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 digest = fill(out)
@@ -350,7 +384,9 @@ class LocalStore(ArtifactStore):
         return record
 
     def _record_path(self, key: str) -> Path:
-        return self._sums.joinpath(*key.split("/"))
+        path = self._sums.joinpath(*key.split("/"))
+        _refuse_links(path.parent, self._sums, key)
+        return path
 
     def _read_record(self, key: str) -> dict[str, Any] | None:
         try:
@@ -386,11 +422,14 @@ class LocalStore(ArtifactStore):
 
         Retries when a concurrent :meth:`_prune` removes the freshly created parent.
         """
+        base = self._sums if self._sums in dst.parents else self._root
         for _ in range(_REPLACE_ATTEMPTS):
+            _refuse_links(dst.parent, base, key)
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError) as exc:
                 raise self._conflict(key, exc) from exc
+            _refuse_links(dst.parent, base, key)  # mkdir follows links: look again
             try:
                 if link:
                     try:
@@ -440,13 +479,74 @@ class LocalStore(ArtifactStore):
         fds: builtins.list[int] = []
         try:
             for stripe in stripes:
-                fd = os.open(self._locks / f"{stripe:02x}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+                fd = self._lock_file(stripe, create=not shared)
+                if fd is None:
+                    continue
                 fds.append(fd)
                 fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             for fd in reversed(fds):
                 os.close(fd)  # closing the descriptor releases its flock
+
+
+    def _lock_file(self, stripe: int, *, create: bool) -> int | None:
+        """A read-only descriptor on a lock stripe (flock needs no write access), so a user
+        who may only read a shared store can still take shared locks.
+
+        A reader that may not create a missing stripe goes without it: no writer has
+        used that stripe yet, and a read racing the first writer is caught by the
+        checksum check and retried.
+        """
+        path = self._locks / f"{stripe:02x}.lock"
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, flags | os.O_CREAT, 0o666)  # 0o666 minus the umask
+        except PermissionError:
+            if create:
+                raise
+            return None
+
+
+def new_file(directory: str | os.PathLike[str], *, prefix: str = "", suffix: str = "") -> tuple[int, str]:
+    """Create a new, empty file in ``directory``; returns a write descriptor and its path.
+
+    Unlike :func:`tempfile.mkstemp` (mode 0600) the file gets 0666 minus the umask, like
+    any file a program creates, so the objects and records of a store shared by a group
+    stay readable by the group.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+
+
+def _refuse_links(directory: Path, base: Path, key: str) -> None:
+    """Raise :class:`UntrustedObjectError` if a folder from ``base`` down to ``directory``
+    is a symbolic link (``directory`` need not exist)."""
+    if directory == base:
+        return
+    try:
+        relative = directory.relative_to(base)
+    except ValueError:
+        raise UntrustedObjectError(key, f"{directory} is outside the store") from None
+    path = base
+    for part in relative.parts:
+        path = path / part
+        if path.is_symlink():
+            raise UntrustedObjectError(
+                key, f"{path} is a symbolic link (to {os.readlink(path)!r}); the store does not follow links"
+            )
+        if not path.exists():
+            return
 
 
 def _write_and_hash(data: Bytes, out: BinaryIO) -> str:

@@ -28,7 +28,6 @@ import builtins
 import contextlib
 import os
 import random
-import tempfile
 import threading
 import time
 import uuid
@@ -56,6 +55,7 @@ from .errors import (
     StorageError,
 )
 from .keys import validate_key, validate_prefix
+from .local import new_file
 
 MiB = 1024 * 1024
 
@@ -326,6 +326,12 @@ class S3Store(ArtifactStore):
 
         return self._verified(key, attempt)
 
+    def get_unverified(self, key: str) -> bytes:
+        object_key = self._object_key(key)
+        response = self._call(key, lambda: self._client.get_object(Bucket=self._bucket, Key=object_key))
+        with contextlib.closing(response["Body"]) as body:
+            return body.read()
+
     def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         object_key = self._object_key(key)
         dest = Path(local_path)
@@ -333,9 +339,7 @@ class S3Store(ArtifactStore):
 
         def attempt() -> tuple[Path, str | None, str]:
             expected = self._head(key).get("Metadata", {}).get(SHA256_METADATA)
-            fd, tmp_name = tempfile.mkstemp(
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
-            )
+            fd, tmp_name = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
             os.close(fd)
             try:
                 try:
