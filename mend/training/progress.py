@@ -28,7 +28,7 @@ class RunProgress:
     the bar ends where the run ends and its estimate counts down to that moment.
     """
 
-    def __init__(self, max_steps: int, max_minutes: float | None, *, step: int = 0, elapsed_s: float = 0.0,
+    def __init__(self, max_steps: int, max_minutes: float | None = None, *, step: int = 0, elapsed_s: float = 0.0,
                  disable: bool = False, desc: str = "meta-training"):
         self.max_steps = max_steps
         self.max_minutes = max_minutes

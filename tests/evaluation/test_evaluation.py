@@ -106,3 +106,24 @@ def test_generation_records_report_perplexity_drawdown(tmp_path):
     path = report.write(tmp_path)
     assert json.loads(path.read_text())["n"] == 1
     assert len((tmp_path / "none-single-k1.jsonl").read_text().splitlines()) == 1
+
+
+def test_pipeline_evaluation_reports_progress_over_every_stage(capsys):
+    from mend.pipeline.config import EvalSpec
+    from mend.pipeline.evaluation import evaluate_candidate
+
+    model = tiny_model("llama")
+    editor = Editor.for_model(model, EditorConfig(rank=8))
+    spec = EvalSpec(methods=["mend"], batch_sizes=[1, 2], batch_methods=["mend"], generate=False)
+    calls = []
+    result = evaluate_candidate(model, editor, synthetic_records(4, seed=2), synthetic_records(4),
+                                spec, progress=lambda what, fraction: calls.append((what, fraction)))
+    fractions = [f for _, f in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # 4 single edits, then 4 edits in pairs (k=1 of the curve reuses the single edits): half-way
+    # when the single edits are done.
+    assert ("mend single edits", 0.5) in calls
+    assert [w for w, _ in calls].index("mend 2 simultaneous edits") > [w for w, _ in calls].index("mend single edits")
+    assert result["n_single"] == 4
+    bar = capsys.readouterr().err
+    assert "8/8 edits" in bar and "remaining" not in bar and "<" not in bar.split("8/8 edits")[-1]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,8 @@ from mend.pipeline.config import (
     PromotionSpec,
 )
 from mend.pipeline.promotion import decide
-from mend.storage import LocalStore, S3Store
+from mend.storage import LocalStore
+from tests.flows.helpers import tiny_config
 
 # -- configuration ------------------------------------------------------------------------
 
@@ -143,7 +142,8 @@ def test_s3_sources_need_no_recorded_checksum(moto_s3, s3_bucket, tmp_path, tiny
     assert path.read_bytes() == tiny_data.read_bytes()
     with pytest.raises(ValueError, match="names a bucket"):
         pdata.resolve_source(f"s3://{s3_bucket}", tmp_path)
-    assert isinstance(S3Store(s3_bucket), S3Store)
+    with pytest.raises(KeyError):  # a missing object is an error, not an empty file
+        pdata.resolve_source(f"s3://{s3_bucket}/incoming/missing.json", tmp_path)
 
 
 # -- the gate -----------------------------------------------------------------------------
@@ -173,7 +173,17 @@ def test_gate_against_a_champion_both_ways():
     assert not other_base.promote and "another base model" in other_base.reason
 
 
-def test_train_main_entry_point_is_importable():
+def test_train_main_trains_on_the_splits_it_is_given(tmp_path, tiny_model_dir, tiny_data):
+    # What a launcher command runs: the run folder the flow prepared, nothing else.
     from mend.pipeline import train_main
+    from mend.pipeline.training import prepare_run_dir
 
-    assert train_main.main is not None and Path(sys.executable).exists()
+    records = pdata.validate_sources([tiny_data], DataSpec(sources=[{"path": str(tiny_data)}])).records
+    cfg = PipelineConfig.from_dict(tiny_config(tmp_path, tiny_model_dir, [str(tiny_data)]),
+                                   {"train.max_steps": 4, "train.val_every": 2, "train.checkpoint_every": 2})
+    out = tmp_path / "run"
+    prepare_run_dir(cfg, out, records[:30], records[30:36])
+    assert train_main.main(["--config", str(out / "train-config.yaml"), "--splits", str(out / "splits")]) == 0
+    summary = json.loads((out / "train-summary.json").read_text())
+    assert summary["steps"] == 4 and summary["stopped"] == "max_steps"
+    assert (out / "best" / "editor.safetensors").exists()
