@@ -53,6 +53,8 @@ def load_config(config: ConfigArg = None, overrides: dict[str, Any] | None = Non
 
 
 def store_for(uri: str) -> ArtifactStore:
+    """The one place the flows open an artifact store (STORE-RESOLVER: mend.storage's
+    resolver goes here when it lands)."""
     return open_store(uri)
 
 

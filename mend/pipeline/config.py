@@ -180,6 +180,8 @@ class PromotionSpec(_Strict):
 
 
 def _default_store() -> str:
+    # STORE-RESOLVER: the pipeline's default store. Replace with mend.storage's single
+    # store-URI resolver (MEND_STORE) once it exists; do not add another resolver here.
     return os.environ.get("MEND_STORAGE_URI") or "artifacts"
 
 
