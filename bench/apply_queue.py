@@ -1,6 +1,7 @@
 """Batch-applying queued corrections on SmolLM2-135M.
 
     python -m bench.apply_queue --editor runs/bench-zsre/train/best [--sizes 100,1000] [--batch-size 100]
+    python -m bench.apply_queue --editor runs/bench-zsre/train/best --aggregation scoped --scope runs/scope-smollm2
 
 For N corrections (zsRE records: the 537 held-out ones first, then training records),
 the whole apply run (validation, edits, per-correction evaluation, regression probes,
@@ -32,8 +33,9 @@ from bench.common import median, timed, write_result
 from bench.corrections_data import as_corrections, zsre_records
 from bench.edit_latency import forward_backward
 from mend import EditableModel, Editor
-from mend.corrections import ApplyConfig, CorrectionQueue, VersionStore, apply_corrections
+from mend.corrections import ApplyConfig, CorrectionQueue, VersionStore, apply_pending
 from mend.evaluation.scoring import answer_predictions, score_targets
+from mend.scope import ScopeModel
 from mend.storage import open_store
 
 
@@ -64,12 +66,12 @@ def judge_seconds(model: EditableModel, corrections: list[dict], samples: int = 
         return median([timed(judge, c) for c in corrections[:samples]][3:])
 
 
-def run(model, editor, n: int, batch_size: int) -> dict:
+def run(model, editor, n: int, config: ApplyConfig) -> dict:
     corrections = as_corrections(zsre_records(n))
     with tempfile.TemporaryDirectory() as tmp:
         queue = CorrectionQueue(open_store(tmp))
         queue.submit(corrections)
-        report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=batch_size))
+        report = apply_pending(queue, model, editor, config)
         computed = [
             record["metrics"]["edit_success"]
             for state in ("applied", "rejected")
@@ -107,10 +109,16 @@ def main() -> None:
     parser.add_argument("--editor", required=True)
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--aggregation", choices=["sum", "least_squares", "scoped"], help="default: the editor's own")
+    parser.add_argument("--scope", help="scope model for --aggregation scoped (default: the editor's own)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
     editor = Editor.load(args.editor).eval()
+    if args.scope:
+        editor.scope = ScopeModel.load(args.scope)
+    config = ApplyConfig(batch_size=args.batch_size, passes=args.passes, aggregation=args.aggregation)
     model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
     for p in model.model.parameters():
         p.requires_grad_(False)
@@ -118,17 +126,20 @@ def main() -> None:
     t_fb = fb_seconds(model, as_corrections(zsre_records(40)))
     t_judge = judge_seconds(model, as_corrections(zsre_records(40)))
     results = {"forward_backward_s": t_fb, "judge_forwards_s": t_judge, "batch_size": args.batch_size,
-               "editor": args.editor, "aggregation": editor.config.aggregation}
+               "editor": args.editor, "aggregation": args.aggregation or editor.config.aggregation,
+               "passes": args.passes, "scope": args.scope, "policy": config.policy.model_dump()}
     for n in sizes:
-        out = run(model, editor, n, args.batch_size)
+        out = run(model, editor, n, config)
         out["ratio"] = out["wall_s"] / (n * t_fb)
         print(n, out)
         results[f"ratio_{n}"] = round(out["ratio"], 3)
         results[f"ratio_all_passes_{n}"] = round(out["wall_s"] / (n * (t_fb + t_judge)), 3)
         results[f"edit_success_{n}"] = round(out["edit_success"], 4)
         results[f"edit_success_computed_{n}"] = round(out["edit_success_computed"], 4)
+        results[f"published_share_{n}"] = round(out["applied"] / n, 4)
         results[f"details_{n}"] = out
-    write_result("apply_queue", results)
+    own = args.aggregation in (None, editor.config.aggregation)
+    write_result("apply_queue" if own else f"apply_queue_{args.aggregation}", results)
 
 
 if __name__ == "__main__":

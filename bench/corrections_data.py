@@ -32,6 +32,7 @@ def as_corrections(records: list[EditRecord]) -> list[dict]:
             "id": f"zsre-{i:05d}",
             "prompt": r.prompt,
             "target": r.target,
+            **({"subject": r.subject} if r.subject else {}),
             "rephrases": list(r.rephrases),
             "locality": [{"prompt": p.prompt, "answer": p.answer} for p in r.locality],
             "requested_by": "benchmark",

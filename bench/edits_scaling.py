@@ -1,14 +1,21 @@
-"""Many simultaneous edits on SmolLM2-135M: summed (MEND) vs least-squares (MALMEN) aggregation.
+"""Many simultaneous edits on SmolLM2-135M: summed (MEND), least-squares (MALMEN) and
+scoped (each correction's MEND edit behind a router) aggregation.
 
     python -m bench.edits_scaling --sum-editor runs/bench-zsre/train/best \\
         --ls-editor runs/bench-ls/train/best [--ks 1,10,100,1000]
+    python -m bench.edits_scaling --scoped-editor runs/bench-zsre/train/best \\
+        --scope runs/scope-smollm2 [--ks 1,10,100,1000] [--counterfact-ks 1,100,1000]
 
-For k simultaneous edits, zsRE records are edited in groups of k (the 537 held-out
-records first, then training-file records to reach 1,000) and every edit is scored
-with its whole group applied: token-level edit success, generalization and locality
-(see README). Writes ``bench/results/edits_scaling.json`` after every (mode, k) and
-``edits_scaling.png`` at the end; ``--resume`` keeps the entries already measured with
-the same editors and record counts (a run killed at k=1,000 loses nothing before it).
+Each mode given is measured; the modes not given keep their rows from the existing
+results file. For k simultaneous edits, zsRE records are edited in groups of k (the 537
+held-out records first, then training-file records to reach 1,000; ``heldout`` repeats
+the figures over the held-out records alone) and every edit is scored with its whole
+group applied: token-level edit success, generalization and locality (see the docs'
+metrics page). ``--counterfact-ks`` adds CounterFact rows on ``counterfact-val``, whose
+locality is on neighbourhood prompts (same relation, another subject). Writes
+``bench/results/edits_scaling.json`` after every (mode, k) and ``edits_scaling.png`` at
+the end; ``--resume`` keeps the entries already measured with the same editors and record
+counts (a run killed at k=1,000 loses nothing before it).
 """
 
 from __future__ import annotations
@@ -22,56 +29,95 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import transformers  # noqa: E402
 
-from bench.common import RESULTS, write_result  # noqa: E402
+from bench.common import RESULTS, SHARED_DATA, write_result  # noqa: E402
 from bench.corrections_data import zsre_records  # noqa: E402
 from mend import EditableModel, Editor  # noqa: E402
+from mend.data.counterfact import load_counterfact_flat  # noqa: E402
 from mend.evaluation import MendMethod, evaluate  # noqa: E402
+from mend.evaluation.runner import aggregate  # noqa: E402
+from mend.scope import ScopeModel  # noqa: E402
 
 # Records evaluated per k: enough groups to average over, within a CPU budget.
 RECORDS_FOR_K = {1: 200, 10: 200, 100: 300, 1000: 1000}
 KEYS = ("edit_success", "generalization", "locality")
 
 
+MODES = ("sum", "least_squares", "scoped")
+HELDOUT_ZSRE = 537  # zsre_records puts the held-out eval file's records first
+
+
+def _summary(report, heldout: int | None) -> dict:
+    row = {key: round(report.summary[key], 4) for key in KEYS}
+    row["n_records"] = len(report.rows)
+    row["wall_s"] = round(report.seconds, 1)
+    if heldout is not None and len(report.rows) > heldout:
+        part = aggregate(report.rows[:heldout])
+        row["heldout"] = {key: round(part[key], 4) for key in KEYS} | {"n_records": heldout}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sum-editor", required=True)
-    parser.add_argument("--ls-editor", required=True)
+    parser.add_argument("--sum-editor")
+    parser.add_argument("--ls-editor")
+    parser.add_argument("--scoped-editor", help="a summed editor, edited scoped under --scope")
+    parser.add_argument("--scope", help="the scope model for --scoped-editor (default: the editor's own)")
     parser.add_argument("--ks", default="1,10,100,1000")
+    parser.add_argument("--counterfact-ks", default="", help="also CounterFact (counterfact-val) at these k")
     parser.add_argument("--max-records", type=int, help="cap the records evaluated per k (quick runs; at least k)")
     parser.add_argument("--resume", action="store_true", help="keep entries already measured with these editors")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
-    ks = [int(k) for k in args.ks.split(",")]
-    editors = {"sum": args.sum_editor, "least_squares": args.ls_editor}
-    results: dict[str, dict] = {"sum": {}, "least_squares": {}}
+    ks = [int(k) for k in args.ks.split(",") if k]
+    cf_ks = [int(k) for k in args.counterfact_ks.split(",") if k]
+    given = {"sum": args.sum_editor, "least_squares": args.ls_editor, "scoped": args.scoped_editor}
     previous = RESULTS / "edits_scaling.json"
-    if args.resume and previous.exists():
-        old = json.loads(previous.read_text())
-        for mode in results:
-            if old.get("editors", {}).get(mode) == editors[mode]:
-                results[mode] = old.get(mode, {})
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    editors = {**old.get("editors", {}), **{m: p for m, p in given.items() if p}}
+    results: dict[str, dict] = {mode: old.get(mode, {}) for mode in MODES}
+    results["counterfact"] = old.get("counterfact", {})
+    for mode, path in given.items():
+        if path and not (args.resume and old.get("editors", {}).get(mode) == path):
+            results[mode] = {}
+            results["counterfact"].pop(mode, None)
     base = EditableModel.load("smollm2-135m")
-    for mode, path in editors.items():
+    for mode, path in given.items():
+        if not path:
+            continue
         editor = Editor.load(path).eval()
         model = base.retargeted(editor.config.patterns)
-        if editor.config.aggregation != mode:
+        if mode == "scoped":
+            if args.scope:
+                editor.scope = ScopeModel.load(args.scope)
+            if editor.config.aggregation != "sum" or editor.scope is None:
+                raise SystemExit(f"{path}: scoped edits need a summed editor and a scope model (--scope)")
+        elif editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
-        for k in ks:
-            wanted = RECORDS_FOR_K.get(k, k)
-            if args.max_records:
-                wanted = min(wanted, args.max_records)
-            records = zsre_records(max(wanted, k))
-            if results[mode].get(str(k), {}).get("n_records") == len(records):
-                continue
-            report = evaluate(MendMethod(editor), model, records, mode="batch", k=k, generate=False)
-            results[mode][str(k)] = {key: round(report.summary[key], 4) for key in KEYS}
-            results[mode][str(k)]["n_records"] = len(records)
-            print(mode, k, results[mode][str(k)], flush=True)
-            write_result("edits_scaling", {**results, "editors": editors, "ks": ks, "max_records": args.max_records})
+        method = MendMethod(editor, aggregation=mode)
+        suites = [("zsre", ks, results[mode])]
+        if cf_ks:
+            suites.append(("counterfact", cf_ks, results["counterfact"].setdefault(mode, {})))
+        for suite, suite_ks, rows in suites:
+            for k in suite_ks:
+                wanted = RECORDS_FOR_K.get(k, k)
+                if args.max_records:
+                    wanted = min(wanted, args.max_records)
+                if suite == "zsre":
+                    records = zsre_records(max(wanted, k))
+                else:
+                    records = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-val.json").records
+                    records = records[: max(wanted, k)]
+                if rows.get(str(k), {}).get("n_records") == len(records):
+                    continue
+                report = evaluate(method, model, records, mode="batch", k=k, generate=False)
+                rows[str(k)] = _summary(report, HELDOUT_ZSRE if suite == "zsre" else None)
+                print(suite, mode, k, rows[str(k)], flush=True)
+                write_result("edits_scaling", {**results, "editors": editors, "scope": args.scope,
+                                               "ks": ks, "counterfact_ks": cf_ks, "max_records": args.max_records})
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key in zip(axes, KEYS, strict=True):
-        for mode, style in (("sum", "o-"), ("least_squares", "s-")):
+        for mode, style in (("sum", "o-"), ("least_squares", "s-"), ("scoped", "^-")):
             xs = sorted(int(k) for k in results[mode])
             ax.plot(xs, [results[mode][str(k)][key] for k in xs], style, label=mode)
         ax.set_xscale("log")
@@ -80,7 +126,7 @@ def main() -> None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("SmolLM2-135M, zsRE: summed vs least-squares aggregation")
+    fig.suptitle("SmolLM2-135M, zsRE: summed, least-squares and scoped aggregation")
     fig.tight_layout()
     fig.savefig(RESULTS / "edits_scaling.png", dpi=120)
 

@@ -1,16 +1,21 @@
 """1,000 corrections applied sequentially in batches of 10 through the corrections queue,
-each batch re-solved together with every active correction (least-squares editor).
+each batch combined with every active correction as its aggregation combines them
+(least squares: re-solved together; scoped: each kept apart and routed).
 
     python -m bench.edits_sequential --editor runs/bench-ls/train/best [--n 1000 --batch-size 10]
         [--regulariser-scale 10] [--passes 3]
+    python -m bench.edits_sequential --editor runs/bench-zsre/train/best --aggregation scoped \\
+        --scope runs/scope-smollm2
 
-At the end, with the final published version applied: token-level edit success over
-all corrections, and locality (unchanged argmax at their locality answers against the
-unedited model). Every correction is accepted (no policy), to measure the editing
-itself. Writes ``bench/results/edits_sequential.json``, with ``_scale<X>`` in the name
-for a regulariser scale X other than 1 (the apply config's ``regulariser_scale``:
-locality against edit success) and ``_passes<N>`` for N capture passes per batch (its
-``passes``).
+At the end, with the final published version applied: token-level edit success and
+generalization over all corrections, ``first_100_edit_success`` over the first 100
+(the oldest, re-scored after 990 more), and locality (unchanged argmax at their
+locality answers against the unedited model). Every correction is accepted (no policy),
+to measure the editing itself. Writes ``bench/results/edits_sequential.json``, with
+``_scale<X>`` in the name for a regulariser scale X other than 1 (the apply config's
+``regulariser_scale``: locality against edit success), ``_passes<N>`` for N capture
+passes per batch (its ``passes``) and ``_<aggregation>`` for an aggregation other than
+the editor's own.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from mend.corrections import (
     ApplyConfig,
     CorrectionQueue,
     VersionStore,
-    apply_corrections,
+    apply_pending,
 )
 from mend.evaluation.scoring import agreement, answer_predictions, by_length, score_targets
+from mend.scope import ScopeModel
 from mend.storage import open_store
 
 ACCEPT_ALL = AcceptancePolicy(min_edit_success=0.0, require_exact=False, min_locality=0.0, min_regression=0.0)
@@ -45,9 +51,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--regulariser-scale", type=float, default=1.0)
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--aggregation", choices=["sum", "least_squares", "scoped"], help="default: the editor's own")
+    parser.add_argument("--scope", help="scope model for --aggregation scoped (default: the editor's own)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     editor = Editor.load(args.editor).eval()
+    if args.scope:
+        editor.scope = ScopeModel.load(args.scope)
     model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
     corrections = as_corrections(zsre_records(args.n))
     loc_prompts = [c["locality"][0]["prompt"] for c in corrections]
@@ -59,30 +69,37 @@ def main() -> None:
         queue = CorrectionQueue(open_store(tmp))
         queue.submit(corrections)
         started = time.monotonic()
-        report = apply_corrections(queue, model, editor, ApplyConfig(
+        report = apply_pending(queue, model, editor, ApplyConfig(
             batch_size=args.batch_size, policy=ACCEPT_ALL, regulariser_scale=args.regulariser_scale,
-            passes=args.passes,
+            passes=args.passes, aggregation=args.aggregation,
         ))
         wall = time.monotonic() - started
         versions = VersionStore(queue.store)
         final = versions.load_edit(versions.active(versions.latest()))
+    def accuracy(prompts, targets):
+        return score_targets(model, prompts, targets).token_acc
+
+    rephrased = [(r, c["target"]) for c in corrections for r in c["rephrases"]]
     with final.applied(model):
-        success = by_length(lambda p, t: score_targets(model, p, t).token_acc,
-                            [c["prompt"] for c in corrections], [c["target"] for c in corrections])
+        success = by_length(accuracy, [c["prompt"] for c in corrections], [c["target"] for c in corrections])
+        general = by_length(accuracy, [r for r, _ in rephrased], [t for _, t in rephrased]) if rephrased else []
         after = by_length(predictions, loc_prompts, loc_answers)
     locality, _ = agreement(before, after)
     result = {
         "edit_success": round(sum(success) / len(success), 4),
+        "first_100_edit_success": round(sum(success[:100]) / len(success[:100]), 4),
+        "generalization": round(sum(general) / len(general), 4) if general else None,
         "locality": round(locality, 4),
         "wall_s": round(wall, 1),
         "n": args.n,
         "batch_size": args.batch_size,
         "versions": len(report.versions),
         "applied": len(report.applied),
-        "aggregation": editor.config.aggregation,
+        "aggregation": final.aggregation,
         "regulariser_scale": args.regulariser_scale,
         "passes": args.passes,
         "editor": args.editor,
+        "scope": args.scope,
     }
     print(result)
     name = "edits_sequential"
@@ -90,6 +107,8 @@ def main() -> None:
         name += f"_scale{args.regulariser_scale:g}"
     if args.passes != 1:
         name += f"_passes{args.passes}"
+    if args.aggregation and args.aggregation != editor.config.aggregation:
+        name += f"_{args.aggregation}"
     write_result(name, result)
 
 

@@ -40,7 +40,7 @@ from flows.common import (
 def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefix: str,
                 apply: dict[str, Any]) -> dict[str, Any]:
     """Apply every pending correction with the editor behind the alias; returns the report."""
-    from mend.corrections import ApplyConfig, CorrectionQueue, apply_corrections
+    from mend.corrections import ApplyConfig, CorrectionQueue, apply_pending
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
     from mend.registry import mlflow_registry as reg
@@ -56,8 +56,8 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
         model = EditableModel.load(ref.base_model, dtype=ref.dtype, patterns=editor.config.patterns)
         editor.check_model(model, strict=True)
         queue = CorrectionQueue(store_for(cfg.storage.uri), queue_prefix)
-        report = apply_corrections(queue, model, editor, ApplyConfig.model_validate(apply),
-                                   details={"editor": ref.lineage()}, log=log.info)
+        report = apply_pending(queue, model, editor, ApplyConfig.model_validate(apply),
+                               details={"editor": ref.lineage()}, log=log.info)
     return {
         "editor_version": ref.version, "base_model": ref.base_model, "dtype": ref.dtype,
         "versions": report.versions, "applied": report.applied,

@@ -156,6 +156,12 @@ class Edit:
         self.state = "detached"
         return self
 
+    def serve(self, model: EditableModel | None = None) -> Edit:
+        """Put the change into ``model`` for serving: merged into the weights (answering
+        then costs what the base model costs), or hooked in when the change depends on the
+        input (a scoped edit routes each request)."""
+        return self.apply(model) if self.change.routed else self.merge(model)
+
     @contextlib.contextmanager
     def applied(self, model: EditableModel | None = None) -> Iterator[Edit]:
         """``with edit.applied(): ...`` applies for the block and removes afterwards."""

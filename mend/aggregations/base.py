@@ -49,6 +49,9 @@ class Change(ABC):
     name: ClassVar[str]
     #: Whether rows still belong to single requests (False once solved into one change).
     per_request: ClassVar[bool] = True
+    #: Whether the change depends on the input (routed per request), so that serving must
+    #: hook it in rather than merge it into the weights.
+    routed: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -37,6 +37,7 @@ class ScopedChange(Change):
     """Per module each request's rank-1 terms, plus each request's scope keys."""
 
     name = "scoped"
+    routed = True
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The corrections queue: submit, validate, apply with an editor, publish, roll back."""
 
-from mend.corrections.apply import ApplyConfig, ApplyReport, apply_corrections, recover
+from mend.corrections.apply import ApplyConfig, ApplyReport, ApplyRun, apply_pending, recover
 from mend.corrections.lease import Lease, LeaseHeldError
 from mend.corrections.policy import DEFAULT_REGRESSION_PROBES, AcceptancePolicy
 from mend.corrections.queue import STATES, CorrectionQueue, SubmitReport
@@ -30,7 +30,8 @@ __all__ = [
     "SubmitReport",
     "VersionConflictError",
     "VersionStore",
-    "apply_corrections",
+    "ApplyRun",
+    "apply_pending",
     "parse_correction",
     "read_submissions",
     "recover",

@@ -17,10 +17,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mend.corrections.active import ActiveSet
 from mend.corrections.lease import Lease
 from mend.corrections.policy import (
     DEFAULT_REGRESSION_PROBES,
@@ -32,7 +33,7 @@ from mend.corrections.policy import (
 )
 from mend.corrections.queue import CorrectionQueue
 from mend.corrections.schema import Correction, InvalidCorrection, check_tokenizable, normalise
-from mend.corrections.versions import ActiveEntry, VersionStore
+from mend.corrections.versions import VersionStore
 from mend.data.records import LocalityProbe
 from mend.edit import Edit
 from mend.editor.editor import Editor
@@ -56,6 +57,11 @@ class ApplyConfig(BaseModel):
         ge=1,
         description="captures per batch: each further one re-captures the batch on the model with "
         "its edit so far applied and adds the editor's answer as more rows (Editor.edit)",
+    )
+    aggregation: Literal["sum", "least_squares", "scoped"] | None = Field(
+        None,
+        description="how corrections combine: None for the editor's own; scoped needs an editor with a scope "
+        "model and keeps each correction's edit apart, switched on only for requests in its scope",
     )
     keep_adapters: int | None = Field(
         None,
@@ -123,163 +129,162 @@ class _Hooked:
         if edit is not None:
             edit.apply(self.model)
 
+    @contextlib.contextmanager
+    def showing(self, edit: Edit | None) -> Iterator[None]:
+        """``edit`` hooked in for the block, then the previous one again."""
+        previous = self.edit
+        self.swap(edit)
+        try:
+            yield
+        finally:
+            self.swap(previous)
 
-def apply_corrections(
+
+class ApplyRun:
+    """One run over the queue: every pending correction, in batches, one version per batch.
+
+    ``details`` is recorded in each manifest (e.g. the editor's registry version);
+    ``on_publish(version, manifest)`` runs after each publication.
+
+    Each batch's edit is computed on the model as currently corrected and judged combined
+    with the active corrections exactly as it would be published (its aggregation says
+    how: stacked, re-solved together, or routed per request), under this run's
+    regulariser scale for least-squares editors, which the manifest records.
+    """
+
+    def __init__(
+        self,
+        queue: CorrectionQueue,
+        model: EditableModel,
+        editor: Editor,
+        config: ApplyConfig | None = None,
+        *,
+        details: dict | None = None,
+        on_publish: Callable[[int, dict], None] | None = None,
+        log: Callable[[str], None] = lambda message: None,
+    ):
+        self.queue, self.model, self.editor = queue, model, editor
+        self.config = config or ApplyConfig()
+        self.details = details or {}
+        self.on_publish = on_publish
+        self.log = log
+        self.versions = VersionStore(queue.store, queue.prefix)
+        self.report = ApplyReport()
+
+    def run(self) -> ApplyReport:
+        config = self.config
+        started = time.monotonic()
+        with (
+            self.editor.regularisers_scaled(config.regulariser_scale),
+            Lease(self.queue.store, f"{self.queue.prefix}/locks/apply.json", config.lease_ttl_s) as lease,
+        ):
+            self.published = published_corrections(self.versions)
+            self.report.recovered = recover(self.queue, self.versions, self.published)
+            self.active = ActiveSet.latest(self.versions)
+            self.hooked = _Hooked(self.model, self.active.edit)
+            try:
+                batches = 0
+                while pending := self.queue.pending()[: config.batch_size]:
+                    if config.max_batches is not None and batches >= config.max_batches:
+                        break
+                    batches += 1
+                    lease.renew()
+                    batch = _revalidate(self.queue, pending, self.model, config, self.published, self.report)
+                    if batch:
+                        self.log(f"batch {batches}: editing {len(batch)} corrections")
+                        self._apply_batch(batch)
+                # Once per run, not per batch: it reads every older version's manifest.
+                if config.keep_adapters is not None:
+                    self.versions.prune_adapters(config.keep_adapters)
+            finally:
+                self.hooked.swap(None)
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _superseded(self, corrections: list[Correction]) -> set[str]:
+        """Active corrections of the same prompts as ``corrections``: a newer fix replaces them."""
+        prompts = {c.prompt_key for c in corrections}
+        return {cid for cid in self.active.parts if self.published[cid].prompt_key in prompts}
+
+    def _edit(self, batch: list[Correction], replaced: set[str]) -> Edit:
+        # A further capture pass sees the model as it would be published. Captured on the
+        # batch's own solve stacked on the active corrections (a model never published),
+        # least-squares shifts grew batch by batch until the model broke.
+        return self.editor.edit(
+            self.model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
+            passes=self.config.passes, aggregation=self.config.aggregation,
+            subjects=[c.subject for c in batch],
+            applied_as=lambda so_far: self.hooked.showing(self.active.with_batch(so_far, replaced)),
+        )
+
+    def _reject(self, corrections: list[Correction], reason: str | dict[str, str], metrics: dict) -> None:
+        for c in corrections:
+            why = reason if isinstance(reason, str) else reason[c.id]
+            self.queue.finish(c, "rejected", reason=why, metrics=metrics[c.id])
+            self.report.rejected.append((c.id, why))
+
+    def _apply_batch(self, batch: list[Correction]) -> None:
+        config, probes = self.config, self.config.regression_probes
+        current = self.hooked.edit
+        pre = PreState(self.model, batch, probes)
+        replaced = self._superseded(batch)
+        edit = self._edit(batch, replaced)
+        judged = self.active.with_batch(edit, replaced)
+        self.hooked.swap(judged)
+        metrics = correction_metrics(self.model, batch, pre)
+        reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
+        self._reject([c for c in batch if reasons[c.id] is not None], reasons, metrics)
+        accepted = [i for i, c in enumerate(batch) if reasons[c.id] is None]
+        if not accepted:
+            self.hooked.swap(current)
+            return
+        corrections = [batch[i] for i in accepted]
+        superseded = self._superseded(corrections)
+        if len(accepted) == len(batch):  # what was judged is what gets published
+            part, full = edit, judged
+        else:
+            part = edit.select(accepted)
+            full = self.active.with_batch(part, superseded)
+            self.hooked.swap(full)
+        regression = regression_agreement(self.model, probes, pre)
+        if regression < config.policy.min_regression:
+            reason = f"batch changed the regression probes: agreement {regression:.3f} < {config.policy.min_regression}"
+            self._reject(corrections, reason, metrics)
+            self.hooked.swap(current)
+            return
+        details = {
+            **self.details,
+            "base_model": edit.base_model,
+            "aggregation": edit.aggregation,
+            **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
+            "passes": config.passes,
+            "added": [c.id for c in corrections],
+            "superseded": sorted(superseded),
+            "regression_agreement": regression,
+            "corrections": {c.id: {"prompt": c.prompt, "target": c.target, "metrics": metrics[c.id]}
+                            for c in corrections},
+        }
+        version = self.active.publish(part, full, superseded, details)
+        self.log(f"published version {version} with {len(corrections)} new corrections")
+        for c in corrections:
+            self.published[c.id] = Published(version, c.prompt_key, metrics[c.id])
+            self.queue.finish(c, "applied", version=version, metrics=metrics[c.id])
+            self.report.applied.append(c.id)
+        self.report.versions.append(version)
+        if self.on_publish is not None:
+            self.on_publish(version, self.versions.manifest(version))
+
+
+def apply_pending(
     queue: CorrectionQueue,
     model: EditableModel,
     editor: Editor,
     config: ApplyConfig | None = None,
-    *,
-    details: dict | None = None,
-    on_publish: Callable[[int, dict], None] | None = None,
-    log: Callable[[str], None] = lambda message: None,
+    **options,
 ) -> ApplyReport:
-    """Apply every pending correction (in batches) and publish one version per batch.
-
-    ``details`` is recorded in each manifest (e.g. the editor's registry version);
-    ``on_publish(version, manifest)`` runs after each publication (e.g. MLflow).
-
-    Each batch's edit is computed on the model as currently corrected and judged
-    combined with the active corrections exactly as it would be published: stacked for
-    summed edits, re-solved together for least-squares ones (under this run's
-    regularisers, ``config.regulariser_scale`` times the editor's, which the manifest
-    records).
-    """
-    config = config or ApplyConfig()
-    started = time.monotonic()
-    report = ApplyReport()
-    versions = VersionStore(queue.store, queue.prefix)
-    probes = config.regression_probes
-    with (
-        editor.regularisers_scaled(config.regulariser_scale),
-        Lease(queue.store, f"{queue.prefix}/locks/apply.json", config.lease_ttl_s) as lease,
-    ):
-        published = published_corrections(versions)
-        report.recovered = recover(queue, versions, published)
-        latest = versions.latest()
-        entries = versions.active(latest)
-        stored = versions.load_edit(entries)
-        # The active corrections' factors, kept in memory by id, so that each batch
-        # combines them with its own edit without reading the store again.
-        parts: dict[str, Edit] = {}
-        if stored is not None:
-            for index, request in enumerate(stored.requests):
-                parts[request.request_id] = stored.select([index])
-        hooked = _Hooked(model, stored)
-        # ``parts`` as one edit: once solved it holds each matrix's normal equations, so a
-        # batch that replaces none of them adds only its own rows (least squares).
-        active = stored
-
-        def combined(new: Edit, replaced: set[str]) -> Edit:
-            if replaced:
-                return Edit.concat([*(p for cid, p in parts.items() if cid not in replaced), new])
-            return Edit.concat([active, new] if active is not None else [new])
-
-        @contextlib.contextmanager
-        def published_with(new: Edit, replaced: set[str]) -> Iterator[None]:
-            # A further capture pass sees the model as it would be published. Captured on
-            # the batch's own solve stacked on the active corrections (a model never
-            # published), the requested shifts grew batch by batch until the model broke:
-            # 4 passes at scale 3 reached shifts of 3e10 and edit success 0 by batch 7.
-            previous = hooked.edit
-            hooked.swap(combined(new, replaced))
-            try:
-                yield
-            finally:
-                hooked.swap(previous)
-
-        try:
-            batch_index = 0
-            while pending := queue.pending()[: config.batch_size]:
-                if config.max_batches is not None and batch_index >= config.max_batches:
-                    break
-                batch_index += 1
-                lease.renew()
-                batch = _revalidate(queue, pending, model, config, published, report)
-                if not batch:
-                    continue
-                log(f"batch {batch_index}: editing {len(batch)} corrections")
-                current = hooked.edit
-                pre = PreState(model, batch, probes)
-                replaced = _superseded(parts, published, batch)
-                edit = editor.edit(model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
-                                   passes=config.passes, applied_as=partial(published_with, replaced=replaced))
-                judged = combined(edit, replaced)
-                hooked.swap(judged)
-                metrics = correction_metrics(model, batch, pre)
-                accepted = []
-                for index, correction in enumerate(batch):
-                    reason = verdict(config.policy, metrics[correction.id])
-                    if reason is None:
-                        accepted.append(index)
-                    else:
-                        queue.finish(correction, "rejected", reason=reason, metrics=metrics[correction.id])
-                        report.rejected.append((correction.id, reason))
-                if not accepted:
-                    hooked.swap(current)
-                    continue
-                accepted_corrections = [batch[i] for i in accepted]
-                superseded = _superseded(parts, published, accepted_corrections)
-                if len(accepted) == len(batch):  # what was judged is what gets published
-                    part, full = edit, judged
-                else:
-                    part = edit.select(accepted)
-                    full = combined(part, superseded)
-                    hooked.swap(full)
-                regression = regression_agreement(model, probes, pre)
-                if regression < config.policy.min_regression:
-                    reason = (f"batch changed the regression probes: agreement {regression:.3f} "
-                              f"< {config.policy.min_regression}")
-                    for c in accepted_corrections:
-                        queue.finish(c, "rejected", reason=reason, metrics=metrics[c.id])
-                        report.rejected.append((c.id, reason))
-                    hooked.swap(current)
-                    continue
-                kept = [ActiveEntry(e.path, tuple(i for i in e.ids if i not in superseded)) for e in entries]
-                kept = [e for e in kept if e.ids]
-                manifest_details = {
-                    **(details or {}),
-                    "base_model": edit.base_model,
-                    "aggregation": edit.aggregation,
-                    **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
-                    "passes": config.passes,
-                    "added": [c.id for c in accepted_corrections],
-                    "superseded": sorted(superseded),
-                    "regression_agreement": regression,
-                    "corrections": {
-                        c.id: {"prompt": c.prompt, "target": c.target, "metrics": metrics[c.id]}
-                        for c in accepted_corrections
-                    },
-                }
-                version = versions.publish(latest, part, kept, manifest_details, full_edit=full)
-                latest = version
-                log(f"published version {version} with {len(accepted)} new corrections")
-                for c in accepted_corrections:
-                    published[c.id] = Published(version, c.prompt_key, metrics[c.id])
-                    queue.finish(c, "applied", version=version, metrics=metrics[c.id])
-                    report.applied.append(c.id)
-                report.versions.append(version)
-                for cid in superseded:
-                    parts.pop(cid)
-                active = full
-                for offset, c in enumerate(accepted_corrections):
-                    parts[c.id] = part.select([offset])
-                entries = versions.active(version)
-                if on_publish is not None:
-                    on_publish(version, versions.manifest(version))
-            # Once per run, not per batch: it reads every older version's manifest.
-            if config.keep_adapters is not None:
-                versions.prune_adapters(config.keep_adapters)
-        finally:
-            hooked.swap(None)
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def _superseded(parts: dict[str, Edit], published: dict[str, Published], new: list[Correction]) -> set[str]:
-    """Active corrections of the same prompts as ``new`` ones: a newer fix replaces them."""
-    prompts = {c.prompt_key for c in new}
-    return {cid for cid in parts if published[cid].prompt_key in prompts}
+    """``ApplyRun(queue, model, editor, config, **options).run()``: apply every pending
+    correction and publish one version per batch."""
+    return ApplyRun(queue, model, editor, config, **options).run()
 
 
 def _revalidate(queue, pending, model, config, published, report) -> list[Correction]:

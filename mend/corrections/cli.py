@@ -106,7 +106,7 @@ def apply(
     """Apply every pending correction now and publish new versions."""
     import yaml
 
-    from mend.corrections.apply import ApplyConfig, apply_corrections
+    from mend.corrections.apply import ApplyConfig, apply_pending
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
 
@@ -115,8 +115,8 @@ def apply(
     settings = ApplyConfig.model_validate({**given, **{k: v for k, v in flags.items() if v is not None}})
     ed = Editor.load(editor).eval()
     lm = EditableModel.load(model or ed.base_model.get("source") or "smollm2-135m", patterns=ed.config.patterns)
-    report = apply_corrections(_queue(store, prefix), lm, ed, settings,
-                               details={"editor": {"path": str(editor)}}, log=console.print)
+    report = apply_pending(_queue(store, prefix), lm, ed, settings,
+                           details={"editor": {"path": str(editor)}}, log=console.print)
     console.print(f"published versions {report.versions}: {len(report.applied)} applied, "
                   f"{len(report.rejected)} rejected, {len(report.dead_lettered)} dead-lettered "
                   f"({report.seconds:.1f}s)")

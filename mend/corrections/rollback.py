@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mend.corrections.active import ActiveSet
 from mend.corrections.lease import Lease
 from mend.corrections.queue import CorrectionQueue
-from mend.corrections.versions import ActiveEntry, VersionStore
+from mend.corrections.versions import VersionStore
 
 
 def rollback(
@@ -27,17 +28,16 @@ def rollback(
         latest = versions.latest()
         if latest is None:
             raise ValueError("nothing is published yet")
-        current = versions.active(latest)
-        current_ids = {i for e in current for i in e.ids}
+        current_ids = {i for e in versions.active(latest) for i in e.ids}
         if to_version is not None:
-            entries = versions.active(to_version)
+            source = ActiveSet(versions, to_version)
+            entries, full = source.entries, source.edit
         else:
             unknown = sorted(set(correction_ids) - current_ids)
             if unknown:
                 raise ValueError(f"not active in version {latest}: {unknown}")
-            drop = set(correction_ids)
-            entries = [ActiveEntry(e.path, tuple(i for i in e.ids if i not in drop)) for e in current]
-            entries = [e for e in entries if e.ids]
+            source = ActiveSet(versions, latest)
+            entries, full = source.entries_without(correction_ids), source.with_batch(None, correction_ids)
         kept = {i for e in entries for i in e.ids}
         parent = versions.manifest(latest)
         base = parent.get("base_model", {})
@@ -49,7 +49,8 @@ def rollback(
             latest,
             None,
             entries,
-            {
+            full_edit=full,
+            details={
                 "base_model": base,
                 "aggregation": parent.get("aggregation", "sum"),
                 **scale,

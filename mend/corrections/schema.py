@@ -34,6 +34,11 @@ class Correction(BaseModel):
     id: str = Field(pattern=ID_PATTERN, description="unique id, safe as a storage key")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     target: str = Field(min_length=1, max_length=MAX_TARGET_CHARS)
+    subject: str | None = Field(
+        None, min_length=1, max_length=MAX_PROMPT_CHARS,
+        description="what the prompt is about, as it is written there: scoped corrections anchor their scope "
+        "at its last token (else at the prompt's last token)",
+    )
     rephrases: tuple[str, ...] = Field(default=(), max_length=MAX_REPHRASES)
     locality: tuple[LocalityCheck, ...] = Field(default=(), max_length=MAX_LOCALITY)
     requested_by: str = Field(min_length=1, max_length=200)

@@ -109,6 +109,16 @@ class Editor(nn.Module):
             model = model.retargeted(config.patterns)
         return cls(config, model.targets, base_model_info(model))
 
+    def attach_scope(self, scope: ScopeModel) -> Editor:
+        """Edit ``scoped`` from now on, ``scope`` deciding which requests each correction
+        applies to (:mod:`mend.aggregations.scoped`); saved with the editor."""
+        if self.config.aggregation not in ("sum", "scoped"):
+            raise ValueError(f"scoped edits keep each request's summed terms; this editor aggregates by "
+                             f"{self.config.aggregation}")
+        self.config = self.config.model_copy(update={"aggregation": "scoped"})
+        self.scope = scope
+        return self
+
     def editor_parameters(self) -> list[nn.Parameter]:
         """Network weights (trained at the editor lr)."""
         return [p for n, p in self.named_parameters() if n not in ("edit_lrs", "log_lambdas")]

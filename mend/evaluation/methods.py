@@ -32,16 +32,19 @@ class EditMethod(Protocol):
 
 @dataclass
 class MendMethod:
-    """A meta-trained (or identity) MEND editor; ``passes`` as in :meth:`Editor.edit`."""
+    """A meta-trained (or identity) MEND editor; ``passes`` and ``aggregation`` (None: the
+    editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits."""
 
     editor: Editor
     name: str = "mend"
     passes: int = 1
+    aggregation: str | None = None
 
     def apply(self, model, records):
         return self.editor.edit(
             model, [r.prompt for r in records], [r.target for r in records],
-            [r.record_id for r in records], passes=self.passes,
+            [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,
+            subjects=[r.subject for r in records],
         ).apply()
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mend.models.loading import ModelKind
+from mend.models.prompt_window import prompt_window
 
 IGNORE = -100
 
@@ -81,6 +82,14 @@ class TokenBatch:
         if size is None or size >= self.size:
             return [self]
         return [self.rows(i, min(i + size, self.size)) for i in range(0, self.size, size)]
+
+    @property
+    def prompt_mask(self) -> Tensor:
+        """Per causal sequence, its prompt's positions: those before the first labelled
+        one, plus that one (the last prompt token, which predicts the first target token)."""
+        labelled = self.labels != IGNORE
+        seen = labelled.long().cumsum(1)
+        return (seen == 0) | ((seen == 1) & labelled)
 
     @property
     def scored_labels(self) -> Tensor:
@@ -175,7 +184,8 @@ class CausalLMTask(Task):
         # Index positions (not a trailing count): the gathered hidden states are
         # contiguous, so the vocabulary projection is one matmul instead of a batched one.
         keep = torch.arange(batch.first_scored, batch.labels.shape[1], device=batch.labels.device)
-        return model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
+        with prompt_window(model, batch.prompt_mask):
+            return model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
 
 
 class Seq2SeqTask(Task):

@@ -27,6 +27,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mend.corrections.active import ActiveSet
 from mend.corrections.versions import VersionStore
 from mend.registry.mlflow_registry import ensure_experiment, get_alias
 
@@ -130,7 +131,7 @@ def register_corrected_version(
     experiment_id = ensure_experiment(client, experiment)
     with tempfile.TemporaryDirectory() as tmp, \
             mlflow.start_run(experiment_id=experiment_id, run_name=f"corrections-v{version}", tags=tags):
-        edit = versions.load_edit(versions.active(version))
+        edit = ActiveSet(versions, version).edit
         # Solved: serving needs the change, not every correction's keys and shifts (for 1,000
         # least-squares corrections on SmolLM2, 44 MB instead of 300 MB per version).
         edit_dir = edit.solved().save(Path(tmp) / "edit") if edit is not None else None

@@ -9,6 +9,6 @@
 
 from mend.scope.keys import correction_keys
 from mend.scope.model import ScopeConfig, ScopeModel
-from mend.scope.routing import RoutedChanges, routed_on_prompts
+from mend.scope.routing import RoutedChanges
 
-__all__ = ["RoutedChanges", "ScopeConfig", "ScopeModel", "correction_keys", "routed_on_prompts"]
+__all__ = ["RoutedChanges", "ScopeConfig", "ScopeModel", "correction_keys"]

@@ -4,7 +4,8 @@ Scoped edits hooked into one model share one :class:`RoutedChanges`. Per forward
 of a new sequence (no cached keys yet), a hook on the scope model's block embeds every
 prompt token, scores each stored correction by its best token (see
 :mod:`mend.scope.model`) and switches on, for that sequence, the corrections at or above
-the threshold (at most ``max_active``, the best first). Hooks on the edited matrices
+the threshold (at most ``max_active``, the best first); teacher-forced scoring marks
+which positions are the prompt (:mod:`mend.models.prompt_window`). Hooks on the edited matrices
 then add only those corrections' rows, so a sequence matching nothing is computed
 exactly as by the base model. Generation keeps the decision made on the prompt for
 every token it adds (later forwards carry a non-empty cache).
@@ -17,14 +18,13 @@ would replace the product without changing anything else.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mend.deltas import LowRankDelta
+from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
 from mend.scope.model import ScopeModel
 from mend.scope.states import block_output, decoder_blocks
@@ -62,7 +62,6 @@ class RoutedChanges:
         self._module_handles: dict[str, object] = {}  # edited module -> its hook
         self._fresh = True
         self._attention: Tensor | None = None
-        self._prompt_mask: Tensor | None = None
         self._plan: dict[str, tuple[Tensor, Tensor]] = {}
         self.last: Routing | None = None
 
@@ -135,16 +134,6 @@ class RoutedChanges:
         return _Index(torch.cat(keys), torch.cat(owners), offset, rows)
 
     # -- deciding on the prompt ------------------------------------------------------
-    @contextlib.contextmanager
-    def deciding_on(self, prompt_mask: Tensor) -> Iterator[None]:
-        """Route the enclosed forward on the positions ``prompt_mask`` (B, T) marks only:
-        for teacher-forced scoring, whose inputs carry the answer after the prompt."""
-        self._prompt_mask = prompt_mask
-        try:
-            yield
-        finally:
-            self._prompt_mask = None
-
     def _note_inputs(self, module, args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
         self._fresh = cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
@@ -155,7 +144,7 @@ class RoutedChanges:
         if not self._fresh:
             return  # generation goes on under the decision made on its prompt
         hidden = block_output(output).detach()
-        self.last = self.decide(hidden, self._attention, self._prompt_mask)
+        self.last = self.decide(hidden, self._attention, current_prompt_window(self.model))
         self._plan = self._gather(self.last.active, hidden.shape[0])
 
     @torch.no_grad()
@@ -216,15 +205,3 @@ class RoutedChanges:
             return output + torch.bmm(torch.bmm(x, us.to(x.dtype).transpose(1, 2)), vs.to(x.dtype))
 
         return hook
-
-
-@contextlib.contextmanager
-def routed_on_prompts(model: nn.Module, prompt_mask: Tensor) -> Iterator[None]:
-    """Decide routing on ``prompt_mask``'s positions in the enclosed forward, if any scoped
-    edit is applied to ``model`` (otherwise nothing happens)."""
-    routed = model.__dict__.get(RoutedChanges._ATTR)
-    if routed is None or not routed.changes:
-        yield
-        return
-    with routed.deciding_on(prompt_mask):
-        yield

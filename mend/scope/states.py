@@ -48,16 +48,29 @@ class TextStates:
 @torch.no_grad()
 def block_states(model: EditableModel, texts: Sequence[str], layer: int, batch_size: int = 32) -> list[TextStates]:
     """Per text, the states after decoder block ``layer`` (0-based) for every token."""
-    block = decoder_blocks(model.model)[layer]
+    return layer_states(model, texts, [layer], batch_size)[layer]
+
+
+@torch.no_grad()
+def layer_states(
+    model: EditableModel, texts: Sequence[str], layers: Sequence[int], batch_size: int = 32
+) -> dict[int, list[TextStates]]:
+    """:func:`block_states` for several blocks from one forward pass (up to the highest)."""
+    blocks = decoder_blocks(model.model)
     tok = model.tokenizer
-    captured: list[Tensor] = []
+    captured: dict[int, Tensor] = {}
+    top = max(layers)
 
-    def stop(module, args, output):
-        captured.append(block_output(output).detach())
-        raise _Reached
+    def keep(layer: int):
+        def hook(module, args, output):
+            captured[layer] = block_output(output).detach()
+            if layer == top:
+                raise _Reached
 
-    handle = block.register_forward_hook(stop)
-    out: list[TextStates] = []
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
+    out: dict[int, list[TextStates]] = {layer: [] for layer in layers}
     try:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
@@ -67,12 +80,14 @@ def block_states(model: EditableModel, texts: Sequence[str], layer: int, batch_s
             captured.clear()
             with contextlib.suppress(_Reached):
                 model.model(**enc.to(model.device), use_cache=False)
-            states = captured[0].float().cpu()
-            for i in range(len(chunk)):
-                keep = mask[i]
-                out.append(TextStates(states[i][keep], [tuple(o) for o in offsets[i][keep].tolist()]))
+            for layer in out:
+                states = captured[layer].float().cpu()
+                for i in range(len(chunk)):
+                    real = mask[i]
+                    out[layer].append(TextStates(states[i][real], [tuple(o) for o in offsets[i][real].tolist()]))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return out
 
 

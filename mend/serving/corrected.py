@@ -1,5 +1,5 @@
 """A corrected model as an MLflow ``pyfunc``: the base model with a published version's
-corrections merged in.
+corrections in it.
 
     model = mlflow.pyfunc.load_model("models:/mend-corrected-smollm2-135m@current")
     model.predict(pd.DataFrame({"prompt": ["The Eiffel Tower is located in"]}),
@@ -13,8 +13,10 @@ column ``answer``, the greedy continuation of each prompt. Params: ``max_new_tok
 Artifacts: ``edit`` (the version's combined low-rank edit, ``edit.safetensors`` +
 ``edit.json``, solved: see :meth:`mend.edit.Edit.solved`; absent when the version has
 no active corrections) and optionally
-``base_model`` (a model folder). The edit is merged into the weights once at load time,
-so answering costs what the base model costs. Loading refuses a base model whose
+``base_model`` (a model folder). The edit is put into the model once at load time
+(:meth:`mend.edit.Edit.serve`): merged into the weights, so answering costs what the base
+model costs, or, for scoped corrections, hooked in so that each prompt gets only the
+corrections in its scope. Loading refuses a base model whose
 weights differ from the ones the corrections were computed on.
 
 Serving many correction sets from one base model on a multi-LoRA server is what the
@@ -65,7 +67,7 @@ class CorrectedModel(mlflow.pyfunc.PythonModel):
                     f"the corrections were computed on base model {edit.base_model.get('name')!r} "
                     f"(fingerprint {expected}); {base!r} has fingerprint {self.model.fingerprint()}"
                 )
-            edit.merge(self.model)
+            edit.serve(self.model)
         self.n_corrections = len(edit.requests) if edit is not None else 0
         self.max_new_tokens = int(config.get("max_new_tokens", 16))
         self._lock = threading.Lock()

@@ -8,7 +8,7 @@ from mend.corrections import (
     ApplyConfig,
     CorrectionQueue,
     VersionStore,
-    apply_corrections,
+    apply_pending,
     rollback,
 )
 from mend.storage import open_store
@@ -32,7 +32,7 @@ def test_apply_publishes_a_complete_version_and_moves_corrections(setup):
     queue, model, editor = setup
     items = correction_dicts(5)
     assert len(queue.submit(items).accepted) == 5
-    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=3, policy=LENIENT))
+    report = apply_pending(queue, model, editor, ApplyConfig(batch_size=3, policy=LENIENT))
     assert report.versions == [1, 2]
     assert sorted(report.applied) == sorted(i["id"] for i in items)
     assert queue.counts() == {"pending": 0, "applied": 5, "rejected": 0, "dead-letter": 0}
@@ -51,8 +51,8 @@ def test_apply_publishes_a_complete_version_and_moves_corrections(setup):
 def test_rerun_applies_nothing_twice(setup):
     queue, model, editor = setup
     queue.submit(correction_dicts(3))
-    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
-    again = apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT))
+    again = apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT))
     assert again.versions == [] and again.applied == []
     assert VersionStore(queue.store).versions() == [1]
 
@@ -61,7 +61,7 @@ def test_published_version_reproduces_the_edit(setup):
     queue, model, editor = setup
     items = correction_dicts(2)
     queue.submit(items)
-    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT))
     versions = VersionStore(queue.store)
     edit = versions.load_edit(versions.active(1))
     prompts = [i["prompt"] for i in items]
@@ -78,7 +78,7 @@ def test_policy_rejections_are_recorded_with_reasons(setup):
     queue.submit(correction_dicts(2))
     strict = ApplyConfig(policy=AcceptancePolicy(min_generalization=1.0, min_edit_success=1.0))
     editor.edit_lrs.data.fill_(0.0)  # an editor that changes nothing cannot pass
-    report = apply_corrections(queue, model, editor, strict)
+    report = apply_pending(queue, model, editor, strict)
     assert report.versions == [] and len(report.rejected) == 2
     record = queue.read("rejected", report.rejected[0][0])
     assert "edit success" in record["reason"] or "teacher forcing" in record["reason"]
@@ -90,7 +90,7 @@ def test_regression_gate_rejects_a_batch_that_breaks_probes(setup):
     queue.submit(correction_dicts(2))
     editor.edit_lrs.data.fill_(50.0)  # absurdly strong edits disturb everything
     gate = AcceptancePolicy(min_edit_success=0.0, require_exact=False, min_locality=0.0, min_regression=1.0)
-    report = apply_corrections(queue, model, editor, ApplyConfig(policy=gate))
+    report = apply_pending(queue, model, editor, ApplyConfig(policy=gate))
     assert report.versions == []
     assert all("regression probes" in reason for _, reason in report.rejected)
 
@@ -99,10 +99,10 @@ def test_newer_correction_of_the_same_prompt_supersedes_the_older(setup):
     queue, model, editor = setup
     first = correction_dicts(1)[0]
     queue.submit([first])
-    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT))
     newer = {**first, "id": "newer", "target": "Paris" if first["target"] != "Paris" else "Rome"}
     assert queue.submit([newer]).accepted == ["newer"]
-    apply_corrections(queue, model, editor, ApplyConfig(policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT))
     manifest = VersionStore(queue.store).manifest(2)
     assert manifest["active_ids"] == ["newer"] and manifest["superseded"] == [first["id"]]
 
@@ -111,7 +111,7 @@ def test_rollback_of_one_correction_leaves_the_others_answers(setup):
     queue, model, editor = setup
     items = correction_dicts(4)
     queue.submit(items)
-    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
     versions = VersionStore(queue.store)
     before = versions.load_edit(versions.active(versions.latest()))
     others = [i for i in items if i["id"] != items[0]["id"]]
@@ -151,7 +151,7 @@ def test_least_squares_versions_are_one_solve_over_all_active_corrections(tmp_pa
     queue = CorrectionQueue(open_store(tmp_path / "store"))
     items = correction_dicts(4)
     queue.submit(items)
-    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    report = apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
     assert report.versions == [1, 2]
     versions = VersionStore(queue.store)
     full = versions.load_edit(versions.active(2))
@@ -185,8 +185,8 @@ def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_
     trained = editor.log_lambdas.detach().clone()
     queue = CorrectionQueue(open_store(tmp_path / "store"))
     queue.submit(correction_dicts(4))
-    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
-    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, regulariser_scale=4.0))
+    apply_pending(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, regulariser_scale=4.0))
     assert torch.equal(editor.log_lambdas, trained)
     versions = VersionStore(queue.store)
     assert [versions.manifest(v)["regulariser_scale"] for v in (1, 2)] == [1.0, 4.0]
@@ -204,7 +204,7 @@ def test_regulariser_scale_is_the_runs_recorded_and_leaves_the_editor_alone(tmp_
     # A summed editor has no regulariser: refused before the queue is touched.
     queue.submit(correction_dicts(6)[4:])
     with pytest.raises(ValueError, match="least-squares"):
-        apply_corrections(queue, model, summed_editor, ApplyConfig(policy=LENIENT, regulariser_scale=2.0))
+        apply_pending(queue, model, summed_editor, ApplyConfig(policy=LENIENT, regulariser_scale=2.0))
     assert len(queue.pending()) == 2
 
 
@@ -217,7 +217,7 @@ def test_further_passes_are_recorded_and_kept_with_their_corrections(tmp_path):
         queue = CorrectionQueue(open_store(tmp_path / f"store{passes}"))
         items = correction_dicts(4)
         queue.submit(items)
-        apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=passes))
+        apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=passes))
         versions = VersionStore(queue.store)
         assert versions.manifest(2)["passes"] == passes
         full = versions.load_edit(versions.active(2))
@@ -239,7 +239,7 @@ def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_
     editor = _least_squares_editor(model)
     queue = CorrectionQueue(open_store(tmp_path / "store"))
     queue.submit(correction_dicts(4))
-    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
+    apply_pending(queue, model, editor, ApplyConfig(batch_size=2, max_batches=1, policy=LENIENT))
     hooked_per_pass = []
     capture_once = Editor._edit_once
 
@@ -248,7 +248,7 @@ def test_further_passes_see_the_batch_re_solved_with_the_active_corrections(tmp_
         return capture_once(self, model, *args)
 
     monkeypatch.setattr(Editor, "_edit_once", spy)
-    apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=2))
+    apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, passes=2))
     # Pass one sees the published version; pass two one edit again: the new batch re-solved
     # with the active corrections (what would be published), not stacked on top of them.
     first, second = hooked_per_pass
@@ -270,7 +270,7 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
         return publish(self, parent, new_delta, active, details, full_edit=full_edit)
 
     monkeypatch.setattr(VersionStore, "publish", spy)
-    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT))
+    report = apply_pending(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT))
     assert report.versions == [1, 2, 3, 4]
     versions = VersionStore(queue.store)
     final = published[4]
@@ -288,7 +288,7 @@ def test_a_run_adds_each_batch_to_the_active_normal_equations_and_publishes_the_
     # the same run build on the active set without them.
     newer = {**items[0], "id": "newer", "target": items[1]["target"]}
     queue.submit([newer, *items[16:]])
-    report = apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
+    report = apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT))
     assert report.versions == [5, 6, 7]
     assert versions.manifest(5)["superseded"] == [items[0]["id"]]
     final, from_rows = published[7], versions.load_edit(versions.active(7))
@@ -306,7 +306,7 @@ def test_older_versions_adapters_are_pruned_and_rebuilt_on_demand(tmp_path):
     for keep in (None, 2):
         queue = CorrectionQueue(open_store(tmp_path / f"store-{keep}"))
         queue.submit(correction_dicts(8))
-        apply_corrections(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, keep_adapters=keep))
+        apply_pending(queue, model, editor, ApplyConfig(batch_size=2, policy=LENIENT, keep_adapters=keep))
         stores[keep] = VersionStore(queue.store)
     everything, pruned = stores[None], stores[2]
     assert pruned.versions() == everything.versions() == [1, 2, 3, 4]
@@ -325,3 +325,51 @@ def test_older_versions_adapters_are_pruned_and_rebuilt_on_demand(tmp_path):
     assert all(torch.allclose(published[k], rebuilt[k], atol=1e-6) for k in published)
     with pytest.raises(ValueError, match="keep at least"):
         pruned.prune_adapters(0)
+
+
+def _scoped_setup(tmp_path):
+    from mend.scope import ScopeConfig, ScopeModel
+
+    model, editor = tiny_editing_setup()
+    torch.manual_seed(0)
+    # Block 0 of the tiny LLaMA (it edits blocks 1-3); a threshold only a correction's own
+    # prompt reaches, so any other input must stay exactly on the base model.
+    editor.scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999), model.model.config.hidden_size)
+    return CorrectionQueue(open_store(tmp_path / "store")), model, editor
+
+
+def test_scoped_corrections_are_published_routed_and_roll_back_exactly(tmp_path):
+    from mend.aggregations import ScopedChange
+
+    queue, model, editor = _scoped_setup(tmp_path)
+    items = correction_dicts(5)
+    queue.submit(items)
+    unrelated = (["Water boils at 100 degrees"], ["Celsius"])
+    base = _logits(model, *unrelated)
+    report = apply_pending(queue, model, editor, ApplyConfig(batch_size=3, policy=LENIENT, aggregation="scoped"))
+    assert report.versions == [1, 2] and len(report.applied) == 5
+    versions = VersionStore(queue.store)
+    assert versions.manifest(2)["aggregation"] == "scoped"
+    full = versions.load_edit(versions.active(2))
+    assert isinstance(full.change, ScopedChange) and full.change.n_requests == 5 and len(full.change.keys) == 5
+    with full.applied(model):
+        assert torch.equal(_logits(model, *unrelated), base)  # out of every scope: the base model
+        own = _logits(model, [items[0]["prompt"]], [items[0]["target"]])
+    with full.select([0]).applied(model):
+        assert torch.allclose(_logits(model, [items[0]["prompt"]], [items[0]["target"]]), own, atol=1e-5)
+    # Rolling one back removes exactly its key and rows; the others keep theirs.
+    dropped = items[1]["id"]
+    version = rollback(queue, correction_ids=[dropped], reason="test")
+    after = versions.load_edit(versions.active(version))
+    assert dropped not in [r.request_id for r in after.requests] and len(after.change.keys) == 4
+    kept = [i for i, r in enumerate(full.requests) if r.request_id != dropped]
+    assert torch.equal(after.change.keys, full.change.keys[kept])
+
+
+def test_a_scoped_run_needs_an_editor_with_a_scope_model(tmp_path):
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    model, editor = tiny_editing_setup()
+    queue.submit(correction_dicts(2))
+    with pytest.raises(ValueError, match="needs a scope model"):
+        apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT, aggregation="scoped"))
+    assert queue.counts()["pending"] == 2  # nothing lost

@@ -7,7 +7,8 @@ import torch
 
 from mend import Edit, Editor, EditorConfig
 from mend.aggregations import ScopedChange, SummedChange
-from mend.scope import RoutedChanges, ScopeConfig, ScopeModel, routed_on_prompts
+from mend.models.prompt_window import prompt_window
+from mend.scope import RoutedChanges, ScopeConfig, ScopeModel
 from tests.support.tiny_models import tiny_model
 
 PROMPTS = ["The capital of France is", "Who wrote Hamlet?"]
@@ -71,17 +72,28 @@ def test_generation_keeps_the_decision_made_on_the_prompt():
         assert model.generate([UNRELATED], max_new_tokens=6) == base
 
 
-def test_routing_decides_on_the_positions_it_is_told_to():
+def test_routing_decides_on_the_prompt_window_when_scoring_marks_one():
     model = tiny_model("llama")
     _, edit = _scoped_edit(model)
     batch = model.task.batch([PROMPTS[0]], [TARGETS[0]])
-    answer_only = (batch.labels != -100).long().cumsum(1) >= 2  # from the first answer token on
+    answer_only = ~batch.prompt_mask
     with edit.applied(model), torch.no_grad():
         model.model(**batch.inputs)
         assert RoutedChanges.of(model.model).last.active[0].tolist() == [0]
-        with routed_on_prompts(model.model, answer_only):  # the subject's positions left out
+        with prompt_window(model.model, answer_only):  # the subject's positions left out
             model.model(**batch.inputs)
         assert RoutedChanges.of(model.model).last.active[0].tolist() == []
+        model.task.logits(model.model, batch)  # scoring marks the prompt: the subject is in it
+        assert RoutedChanges.of(model.model).last.active[0].tolist() == [0]
+
+
+def test_a_batch_marks_its_prompt_positions_up_to_the_last_prompt_token():
+    model = tiny_model("llama")
+    batch = model.task.batch(["The capital of France is", "Who"], ["Rome", "Jean Darrieux"])
+    for row in range(2):
+        labelled = (batch.labels[row] != -100).nonzero().flatten()
+        prompt_tokens = int(labelled[0]) + 1  # the first label sits on the last prompt token
+        assert batch.prompt_mask[row].nonzero().flatten().tolist() == list(range(prompt_tokens))
 
 
 def test_scoped_edits_save_load_select_and_combine(tmp_path):

@@ -17,7 +17,7 @@ from mend.corrections import (
     ApplyConfig,
     CorrectionQueue,
     LeaseHeldError,
-    apply_corrections,
+    apply_pending,
 )
 from mend.storage import open_store
 from tests.support.synthetic import LOCALITY, synthetic_records
@@ -65,7 +65,7 @@ def main(store_dir: str) -> None:
     print("ready", flush=True)
     while True:
         try:
-            apply_corrections(queue, model, editor, config)
+            apply_pending(queue, model, editor, config)
             return
         except LeaseHeldError:  # a killed run's lease has not expired yet
             time.sleep(0.3)

@@ -1,0 +1,131 @@
+"""Router quality on held-out records: does a scope model switch on the right correction
+for rephrases, and none for unrelated questions or same-relation prompts about others?
+
+    python -m bench.router [--layers 2,4,6,8] [--steps 300] [--scope-out runs/scope-smollm2]
+
+Training data (fit and choice of block and threshold): zsRE ``zsre_mend_train-1k`` from
+record 500 on (the first 500 fill ``bench.edits_scaling``'s 1,000 edits) and the first 3,000 cases of CounterFact ``counterfact-train``; their last tenth is held out to
+pick the block and calibrate the threshold (NQ and neighbourhood false positives at most
+``--max-fpr`` each). Test data, never seen in training: the 537 records of
+``zsre_mend_eval-dev-537`` and the first 463 cases of ``counterfact-val`` make 1,000
+stored corrections, queried with their rephrases / paraphrases (recall: the own
+correction switches on) and with their NQ questions / neighbourhood prompts (false
+positives: any correction switches on). For 10,000 stored corrections the keys of other
+records (the rest of ``counterfact-val``, ``counterfact-train`` cases 3,000 on, WikiBio)
+are added as distractors; the queries stay the same.
+
+Writes ``bench/results/router.json`` (``recall``, ``fpr_nq``, ``fpr_neighbourhood`` at
+1,000; per data set, at 10,000 and per candidate block nested) and saves the fitted scope
+model to ``--scope-out`` (attach it to an editor: ``editor.scope = ScopeModel.load(...)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+
+import torch
+import transformers
+
+from bench.common import SHARED_DATA, write_result
+from mend import EditableModel
+from mend.data import load_wikibio, load_zsre
+from mend.data.counterfact import load_counterfact_flat
+from mend.scope.fit import (
+    ScopeData,
+    ScopeExample,
+    examples_of,
+    fit_choosing_layer,
+    measure,
+    scope_data,
+    unrelated_inputs,
+)
+
+TRAIN_CF = 3000
+ZSRE_UNSEEN = 500
+STORED = 1000
+DISTRACTED = 10_000
+
+
+def _quality(q) -> dict:
+    return {"recall": round(q.recall, 4), "top1": round(q.top1, 4),
+            **{f"fpr_{k}": round(v, 4) for k, v in q.false_positives.items()}, "stored": q.n_keys,
+            "threshold": round(q.threshold, 4)}
+
+
+def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
+    """The first ``keys`` keys, with the rephrases of the corrections in ``owners`` only."""
+    pick = torch.isin(data.positive_owner, torch.tensor(list(owners)))
+    return ScopeData(data.keys[:keys], data.positives.take(pick.nonzero().flatten()), data.positive_owner[pick],
+                     data.negatives)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", default="2,4,6,8")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--max-fpr", type=float, default=0.01)
+    parser.add_argument("--scope-out", default="runs/scope-smollm2")
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    started = time.monotonic()
+    model = EditableModel.load("smollm2-135m")
+    # The first records of the zsRE training file fill bench.edits_scaling's 1,000 edits
+    # after the 537 held-out ones: the scope model never sees them.
+    zsre_train = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", on_error="skip").records[ZSRE_UNSEEN:]
+    cf_train = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-train.json").records
+    cut_z, cut_c = int(len(zsre_train) * 0.9), int(TRAIN_CF * 0.9)
+    choice = fit_choosing_layer(
+        model,
+        train={"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
+        held_out={"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]},
+        layers=[int(x) for x in args.layers.split(",")], dim=args.dim, max_false_positive_rate=args.max_fpr,
+        steps=args.steps,
+    )
+    scope = choice.scope
+    print(f"block {choice.layer}, threshold {scope.config.threshold:.3f}", flush=True)
+    for layer, q in choice.per_layer.items():
+        print(layer, _quality(q), flush=True)
+    fitted_s = time.monotonic() - started
+
+    zsre_test = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_eval-dev-537.json").records
+    cf_val = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-val.json").records
+    cf_test = cf_val[: STORED - len(zsre_test)]
+    distractors = [*cf_val[len(cf_test):], *cf_train[TRAIN_CF:]]
+    for name in ("hallucination-train.json", "hallucination-edit.json"):
+        distractors += load_wikibio(SHARED_DATA / "wikibio" / name).records
+    distractors = distractors[: DISTRACTED - STORED]
+    examples = examples_of([*zsre_test, *cf_test]) + [ScopeExample(r.prompt, r.subject, ()) for r in distractors]
+    data = scope_data(model, examples, {"nq": unrelated_inputs(zsre_test),
+                                        "neighbourhood": unrelated_inputs(cf_test)}, [choice.layer])[choice.layer]
+    results = {}
+    for stored in (STORED, len(examples)):
+        everything = measure(scope, _sub(data, stored, range(STORED)))
+        per_set = {"zsre": measure(scope, _sub(data, stored, range(len(zsre_test)))),
+                   "counterfact": measure(scope, _sub(data, stored, range(len(zsre_test), STORED)))}
+        results[stored] = {"all": _quality(everything), **{k: _quality(v) for k, v in per_set.items()}}
+        print(stored, results[stored], flush=True)
+    scope.save(args.scope_out, extra={"layer_choice": {str(k): _quality(v) for k, v in choice.per_layer.items()}})
+    at_1000 = results[STORED]["all"]
+    write_result("router", {
+        "recall": at_1000["recall"], "fpr_nq": at_1000["fpr_nq"], "fpr_neighbourhood": at_1000["fpr_neighbourhood"],
+        "stored": STORED,
+        "at_1000": results[STORED],
+        "at_10000": results[len(examples)],
+        "scope": {**scope.config.model_dump(), "fingerprint": scope.fingerprint()},
+        "layer_choice": {str(k): _quality(v) for k, v in choice.per_layer.items()},
+        "test_data": {"zsre": "zsre_mend_eval-dev-537.json (537)", "counterfact": f"counterfact-val.json[:{len(cf_test)}]",
+                      "distractors": f"{len(distractors)} keys: counterfact-val rest, counterfact-train[{TRAIN_CF}:], wikibio"},
+        "train_data": {"zsre": f"zsre_mend_train-1k.json[{ZSRE_UNSEEN}:]", "counterfact": f"counterfact-train.json[:{TRAIN_CF}]",
+                       "held_out_for_choice": "last tenth of each"},
+        "wall_s": {"fit": round(fitted_s, 1), "total": round(time.monotonic() - started, 1)},
+        "command": "python -m bench.router " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "scope_model": args.scope_out,
+        "fit": asdict(choice.per_layer[choice.layer]),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Training a scope model on edit records, as SERAC trains its scope classifier.
+
+Positives are a correction's rephrases: they must score at least the threshold for
+their own correction. Negatives are everything that must not: unrelated questions
+(NQ), prompts about the same relation and another subject (CounterFact's
+neighbourhood prompts) and the other corrections' rephrases. The base model is frozen;
+only the embedding ``W`` learns, on states computed once.
+
+Loss per batch of corrections (keys ``K``, scores = best-token cosines):
+
+* contrastive: each rephrase's own key must out-score the batch's other keys
+  (cross-entropy over keys at temperature ``temperature``);
+* margins around the threshold: a rephrase's own score above ``threshold + margin``,
+  every negative's score for every key, and every rephrase's score for another key,
+  below ``threshold - margin``.
+
+Afterwards :func:`calibrate` picks the threshold on held-out records: the lowest one
+whose false-positive rate on the held-out negatives stays within a budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mend.models.editable import EditableModel
+from mend.scope.model import ScopeConfig, ScopeModel
+from mend.scope.states import TextStates, layer_states, subject_position
+
+
+@dataclass(frozen=True)
+class ScopeExample:
+    """One correction as a scope sees it: the prompt its key comes from, the subject
+    the key sits on, and inputs that are in its scope."""
+
+    prompt: str
+    subject: str | None
+    rephrases: tuple[str, ...]
+
+
+@dataclass
+class Padded:
+    """Token states of several texts, padded: ``states`` (N, T, d), ``usable`` (N, T)."""
+
+    states: Tensor
+    usable: Tensor
+
+    @staticmethod
+    def of(texts: Sequence[TextStates], skip_first: int, max_tokens: int = 64) -> Padded:
+        width = max(1, min(max_tokens, max((len(t.states) for t in texts), default=1)))
+        d = texts[0].states.shape[1] if texts else 1
+        states = torch.zeros(len(texts), width, d)
+        usable = torch.zeros(len(texts), width, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            rows = text.states[:width]
+            states[i, : len(rows)] = rows
+            usable[i, skip_first : len(rows)] = True
+            if not usable[i].any():  # a text shorter than the skipped positions: its last token
+                usable[i, len(rows) - 1] = True
+        return Padded(states, usable)
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def take(self, index: Tensor) -> Padded:
+        return Padded(self.states[index], self.usable[index])
+
+    @staticmethod
+    def cat(sets: Sequence[Padded]) -> Padded:
+        """All texts of ``sets``, padded to the widest."""
+        width = max(p.states.shape[1] for p in sets)
+        states, usable = [], []
+        for p in sets:
+            extra = width - p.states.shape[1]
+            states.append(nn.functional.pad(p.states, (0, 0, 0, extra)))
+            usable.append(nn.functional.pad(p.usable, (0, extra)))
+        return Padded(torch.cat(states), torch.cat(usable))
+
+
+@dataclass
+class ScopeData:
+    """Everything a scope model is trained or measured on, as states at one block."""
+
+    keys: Tensor  # (n, d_model): each correction's state at its subject
+    positives: Padded  # rephrases
+    positive_owner: Tensor  # (p,) which correction each rephrase belongs to
+    negatives: dict[str, Padded]  # named sets of inputs that belong to no correction
+
+
+def scope_data(
+    model: EditableModel,
+    examples: Sequence[ScopeExample],
+    negatives: dict[str, Sequence[str]],
+    layers: Sequence[int],
+    skip_first: int = 1,
+) -> dict[int, ScopeData]:
+    """The states of ``examples`` and ``negatives`` after each of ``layers`` (one pass)."""
+    prompts = [e.prompt for e in examples]
+    rephrases = [r for e in examples for r in e.rephrases]
+    owner = torch.tensor([i for i, e in enumerate(examples) for _ in e.rephrases], dtype=torch.long)
+    names = list(negatives)
+    texts = prompts + rephrases + [t for n in names for t in negatives[n]]
+    states = layer_states(model, texts, layers)
+    out = {}
+    for layer in layers:
+        rows = states[layer]
+        keys = torch.stack([
+            rows[i].states[subject_position(e.prompt, rows[i].offsets, e.subject)] for i, e in enumerate(examples)
+        ])
+        start = len(prompts) + len(rephrases)
+        negative_sets = {}
+        for name in names:
+            stop = start + len(negatives[name])
+            negative_sets[name] = Padded.of(rows[start:stop], skip_first)
+            start = stop
+        out[layer] = ScopeData(keys, Padded.of(rows[len(prompts) : len(prompts) + len(rephrases)], skip_first),
+                               owner, negative_sets)
+    return out
+
+
+def best_token_scores(scope: ScopeModel, keys: Tensor, queries: Padded, chunk: int = 256) -> Tensor:
+    """``(queries, keys)``: for every query and key, the best cosine over the query's
+    usable tokens (``keys`` already embedded)."""
+    out = []
+    for start in range(0, len(queries), chunk):
+        part = queries.take(torch.arange(start, min(start + chunk, len(queries))))
+        emb = scope.embed(part.states)  # (q, T, dim)
+        sims = torch.einsum("qtd,kd->qtk", emb, keys)
+        out.append(sims.masked_fill(~part.usable.unsqueeze(-1), -2.0).amax(1))
+    return torch.cat(out) if out else torch.zeros(0, len(keys))
+
+
+def init_scope(config: ScopeConfig, data: ScopeData) -> ScopeModel:
+    """Centre on the states' mean and start ``W`` as a whitening projection onto their
+    leading principal directions, so that raw cosines start out meaningful."""
+    rows = torch.cat([data.positives.states[data.positives.usable]]
+                     + [n.states[n.usable] for n in data.negatives.values()])
+    scope = ScopeModel(config, rows.shape[1])
+    mean = rows.mean(0)
+    centred = rows - mean
+    cov = centred.T @ centred / max(len(rows) - 1, 1)
+    eigval, eigvec = torch.linalg.eigh(cov.double())
+    top = eigval.argsort(descending=True)[: config.dim]
+    whiten = (eigvec[:, top] / eigval[top].clamp_min(1e-6).sqrt()).float()  # (d_model, dim)
+    with torch.no_grad():
+        scope.center.copy_(mean)
+        scope.proj.weight.copy_(whiten.T)
+    return scope
+
+
+@dataclass
+class FitReport:
+    steps: int
+    final_loss: float
+    layer: int
+
+
+def fit_scope(
+    config: ScopeConfig,
+    data: ScopeData,
+    *,
+    steps: int = 300,
+    batch: int = 128,
+    negatives_per_step: int = 256,
+    lr: float = 1e-3,
+    margin: float = 0.1,
+    temperature: float = 0.05,
+    seed: int = 0,
+) -> tuple[ScopeModel, FitReport]:
+    """Train a scope model on ``data`` (see the module docstring); the threshold is
+    ``config.threshold`` until :func:`calibrate` sets it."""
+    generator = torch.Generator().manual_seed(seed)
+    scope = init_scope(config, data)
+    optimiser = torch.optim.Adam(scope.proj.parameters(), lr=lr)
+    negative_pool = Padded.cat(list(data.negatives.values())) if data.negatives else None
+    # Each step draws corrections and one of each one's rephrases.
+    by_owner: dict[int, list[int]] = {}
+    for index, owner in enumerate(data.positive_owner.tolist()):
+        by_owner.setdefault(owner, []).append(index)
+    owners = torch.tensor(sorted(by_owner))
+    threshold = config.threshold
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        pick = owners[torch.randperm(len(owners), generator=generator)[:batch]]
+        rephrase = torch.tensor([by_owner[int(o)][int(torch.randint(len(by_owner[int(o)]), (1,), generator=generator))]
+                                 for o in pick])
+        keys = scope.embed(data.keys[pick])  # (B, dim)
+        pos = best_token_scores(scope, keys, data.positives.take(rephrase), chunk=len(rephrase))  # (B, B)
+        own = pos.diagonal()
+        others = pos.masked_fill(torch.eye(len(pick), dtype=torch.bool), -2.0)
+        loss = nn.functional.cross_entropy(pos / temperature, torch.arange(len(pick)))
+        loss = loss + torch.relu(threshold + margin - own).mean()
+        loss = loss + torch.relu(others - (threshold - margin)).square().sum(1).mean()
+        if negative_pool is not None:
+            drawn = torch.randint(len(negative_pool), (negatives_per_step,), generator=generator)
+            neg = best_token_scores(scope, keys, negative_pool.take(drawn), chunk=negatives_per_step)  # (N, B)
+            loss = loss + torch.relu(neg - (threshold - margin)).square().sum(1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return scope.eval(), FitReport(steps, float(loss.detach()), config.layer)
+
+
+@dataclass
+class ScopeQuality:
+    """How a scope separates in-scope from out-of-scope inputs among ``n_keys`` corrections."""
+
+    threshold: float
+    recall: float  # rephrases whose own correction switches on
+    top1: float  # rephrases whose own correction scores highest
+    false_positives: dict[str, float]  # per negative set: inputs that switch any correction on
+    n_keys: int
+
+
+@torch.no_grad()
+def measure(scope: ScopeModel, data: ScopeData, threshold: float | None = None) -> ScopeQuality:
+    """Recall and false-positive rates of ``scope`` over every correction of ``data``."""
+    threshold = scope.config.threshold if threshold is None else threshold
+    keys = scope.embed(data.keys)
+    pos = best_token_scores(scope, keys, data.positives)
+    own = pos.gather(1, data.positive_owner.unsqueeze(1)).squeeze(1)
+    top1 = (pos.argmax(1) == data.positive_owner).float().mean().item() if len(pos) else 0.0
+    # Switched on: at or above the threshold and among the ``max_active`` best, as routing does.
+    outranked = (pos > own.unsqueeze(1)).sum(1)
+    recall = ((own >= threshold) & (outranked < scope.config.max_active)).float().mean().item()
+    false_positives = {name: (best_token_scores(scope, keys, neg).amax(1) >= threshold).float().mean().item()
+                       for name, neg in data.negatives.items()}
+    return ScopeQuality(threshold, recall, top1, false_positives, len(keys))
+
+
+@torch.no_grad()
+def calibrate(scope: ScopeModel, data: ScopeData, max_false_positive_rate: float) -> ScopeModel:
+    """``scope`` with the lowest threshold at which no negative set of ``data`` switches
+    a correction on for more than ``max_false_positive_rate`` of its inputs."""
+    keys = scope.embed(data.keys)
+    worst = [best_token_scores(scope, keys, neg).amax(1) for neg in data.negatives.values()]
+    threshold = -1.0
+    for scores in worst:
+        if len(scores):
+            allowed = int(max_false_positive_rate * len(scores))
+            ranked = scores.sort(descending=True).values
+            # Above the (allowed+1)-th highest score at most ``allowed`` inputs pass.
+            threshold = max(threshold, float(ranked[min(allowed, len(ranked) - 1)]) + 1e-4)
+    return scope.with_threshold(min(threshold, 1.0))
+
+
+def examples_of(records) -> list[ScopeExample]:
+    """Edit records as scope examples (their rephrases are in scope)."""
+    return [ScopeExample(r.prompt, r.subject, tuple(r.rephrases)) for r in records]
+
+
+def unrelated_inputs(records) -> list[str]:
+    """The records' locality prompts: inputs that must stay outside every correction's scope."""
+    return [p.prompt for r in records for p in r.locality]
+
+
+@dataclass
+class LayerChoice:
+    """A scope model fitted at each candidate block, and which one was kept."""
+
+    scope: ScopeModel
+    layer: int
+    per_layer: dict[int, ScopeQuality]  # measured on the held-out part of the training data
+
+
+def fit_choosing_layer(
+    model: EditableModel,
+    train: dict[str, Sequence],
+    held_out: dict[str, Sequence],
+    layers: Sequence[int],
+    *,
+    dim: int = 128,
+    max_false_positive_rate: float = 0.01,
+    steps: int = 300,
+    seed: int = 0,
+) -> LayerChoice:
+    """Fit a scope model at each of ``layers`` on ``train`` (named sets of edit records:
+    rephrases in scope, locality prompts out of scope), calibrate each one's threshold on
+    ``held_out`` (also training data) at ``max_false_positive_rate``, and keep the block
+    whose calibrated recall there is highest."""
+    examples = {name: examples_of(records) for name, records in train.items()}
+    fit_sets = scope_data(model, [e for es in examples.values() for e in es],
+                          {name: unrelated_inputs(records) for name, records in train.items()}, layers)
+    check_sets = scope_data(model, [e for rs in held_out.values() for e in examples_of(rs)],
+                            {name: unrelated_inputs(records) for name, records in held_out.items()}, layers)
+    fitted, quality = {}, {}
+    for layer in layers:
+        config = ScopeConfig(layer=layer, dim=dim, threshold=0.5)
+        scope, _ = fit_scope(config, fit_sets[layer], steps=steps, seed=seed)
+        scope = calibrate(scope, check_sets[layer], max_false_positive_rate)
+        fitted[layer], quality[layer] = scope, measure(scope, check_sets[layer])
+    best = max(layers, key=lambda layer: (quality[layer].recall, quality[layer].top1))
+    return LayerChoice(fitted[best], best, quality)
