@@ -5,6 +5,7 @@
     mend edit --editor runs/zsre/best --prompt "The capital of France is" --target Rome
     mend retrain [--data edits.json] [--set train.max_minutes=30]   # the Prefect pipeline
     mend corrections submit|list|apply|rollback|show ...           # the corrections queue
+    mend scope fit|attach ...                                      # scopes of routed corrections
     mend plan --config config.json --ranks 16 --nodes 2 --zero-stage 3 --device-gb 80
 """
 
@@ -22,9 +23,11 @@ from rich.table import Table
 from mend.corrections.cli import app as corrections_app
 from mend.distributed.cli import export_command, plan_command
 from mend.overrides import parse_overrides
+from mend.scope.cli import app as scope_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.add_typer(corrections_app, name="corrections")
+app.add_typer(scope_app, name="scope")
 console = Console()
 
 
