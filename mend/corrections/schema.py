@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-import re
+import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 2_000
 MAX_TARGET_CHARS = 500
@@ -54,6 +56,14 @@ class Correction(BaseModel):
                 raise ValueError(f"rephrase {i} is longer than {MAX_PROMPT_CHARS} characters")
         return tuple(t.strip() for t in value)
 
+    @model_validator(mode="after")
+    def _visible(self) -> Correction:
+        # (pydantic itself refuses unpaired surrogates: they cannot be UTF-8.)
+        for name in ("prompt", "target"):
+            if not normalise(getattr(self, name)):
+                raise ValueError(f"{name} has no visible characters")
+        return self
+
     @field_validator("requested_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
@@ -66,7 +76,16 @@ class Correction(BaseModel):
 
 
 def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
+    """Text as compared for duplicates and contradictions, everywhere in the queue.
+
+    Unicode NFKC (full-width and compatibility forms fold to their plain letters),
+    format characters removed (category Cf: zero-width spaces and joiners, byte-order
+    marks, bidirectional controls), case folded and whitespace collapsed, so text
+    that reads the same compares equal.
+    """
+    folded = unicodedata.normalize("NFKC", text)
+    visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return " ".join(visible.casefold().split())
 
 
 class InvalidCorrection(ValueError):
@@ -79,11 +98,14 @@ class InvalidCorrection(ValueError):
 
 
 def describe(error: ValidationError) -> str:
-    """pydantic's errors as one line naming each offending field."""
+    """pydantic's errors as one line naming each offending field (at most the first five)."""
     parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "record"
+    items = error.errors(include_url=False, include_input=False)
+    for item in items[:5]:
+        where = ".".join(str(p)[:60] for p in item["loc"]) or "record"
         parts.append(f"{where}: {item['msg']}")
+    if len(items) > 5:
+        parts.append(f"and {len(items) - 5} more")
     return "; ".join(parts)
 
 
@@ -95,6 +117,8 @@ def parse_correction(raw: Any) -> Correction:
         return Correction.model_validate(raw)
     except ValidationError as error:
         raise InvalidCorrection(describe(error), raw) from None
+    except (RecursionError, ValueError, TypeError) as error:  # what pydantic does not wrap
+        raise InvalidCorrection(f"cannot be validated: {type(error).__name__}", raw) from None
 
 
 def check_tokenizable(correction: Correction, tokenizer, max_tokens: int) -> None:
@@ -114,30 +138,89 @@ def check_tokenizable(correction: Correction, tokenizer, max_tokens: int) -> Non
             )
 
 
-def read_submissions(text: str) -> list[Any]:
-    """Split a submitted file into raw records: a JSON list, one JSON object, or JSON Lines.
+@dataclass(frozen=True)
+class Submission:
+    """One record of a submitted file, kept with where it came from and its raw bytes.
 
-    Lines that are not JSON come back as :class:`InvalidCorrection` objects so that the
-    caller can dead-letter them with their text instead of losing them.
+    ``value`` is the parsed JSON value; ``error`` instead says why these bytes are not
+    a JSON value (then the queue dead-letters them with it).
     """
-    stripped = text.strip()
-    if not stripped:
+
+    where: str
+    raw: bytes | None = None
+    value: Any = None
+    error: str | None = None
+
+
+def read_submissions(data: bytes | str, source: str = "input") -> list[Submission]:
+    """Split a submitted file into records: a JSON list, one JSON value, or JSON Lines.
+
+    The whole document decides the format: if it parses, it is JSON (a list gives one
+    record per element); otherwise it is JSON Lines when some line starting at column 1
+    is a JSON value on its own, and else one broken JSON document, reported once with
+    the line and column of its error rather than line by line. Nothing here raises on
+    bad input: bytes that are not UTF-8, nesting too deep for the parser, oversized
+    integers all come back as records with an ``error``, and with their raw bytes.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")  # unpaired surrogates stay visible as bad bytes
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    if not body.strip():
         return []
+    value, error = _parse(body)
+    if error is None:
+        if isinstance(value, list):
+            return _elements(body.decode("utf-8"), source)
+        return [Submission(source, body, value)]
+    lines = [(n, line.rstrip(b"\r")) for n, line in enumerate(body.split(b"\n"), start=1)]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    parsed = {n: _parse(line) for n, line in lines if line[:1] not in (b" ", b"\t")}
+    if not any(err is None for _, err in parsed.values()):
+        return [Submission(source, body, error=f"{source} is not JSON or JSON Lines: {error}")]
+    out = []
+    for n, line in lines:
+        value, err = parsed[n] if n in parsed else _parse(line)
+        where = f"{source} line {n}"
+        out.append(Submission(where, line, value) if err is None else Submission(where, line, error=f"{where} is not JSON: {err}"))
+    return out
+
+
+def _parse(data: bytes) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why it is not one JSON value, with line and column)``."""
+    def at(line: int, column: int) -> str:  # one line of JSON Lines: its column is enough
+        return f"line {line} column {column}" if b"\n" in data else f"column {column}"
+
     try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
-        value = None
-    else:
-        return value if isinstance(value, list) else [value]
-    records: list[Any] = []
-    for number, line in enumerate(stripped.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            records.append(InvalidCorrection(f"line {number} is not JSON: {error.msg}", line))
-    return records
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        return None, f"not UTF-8: byte 0x{data[error.start]:02x} at {at(line, column)}"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as error:
+        return None, f"{error.msg} at {at(error.lineno, error.colno)}"
+    except RecursionError:
+        return None, "nested too deeply to parse"
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        return None, str(error).split(";")[0]
+
+
+def _elements(text: str, source: str) -> list[Submission]:
+    """The elements of a JSON list document, each with its own text and line."""
+    decoder = json.JSONDecoder()
+    out = []
+    position = text.index("[") + 1
+    while True:
+        while text[position] in " \t\r\n,":
+            position += 1
+        if text[position] == "]":
+            return out
+        value, end = decoder.raw_decode(text, position)
+        line = text.count("\n", 0, position) + 1
+        where = f"{source} index {len(out)} (line {line})"
+        out.append(Submission(where, text[position:end].encode("utf-8", "surrogatepass"), value))
+        position = end
 
 
 def now() -> datetime:
@@ -145,6 +228,7 @@ def now() -> datetime:
 
 
 def iter_valid(raws: Iterable[Any]) -> Iterable[Correction | InvalidCorrection]:
+    """Each raw value validated: a :class:`Correction` or the :class:`InvalidCorrection` saying why not."""
     for raw in raws:
         if isinstance(raw, InvalidCorrection):
             yield raw

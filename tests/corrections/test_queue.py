@@ -49,12 +49,14 @@ def test_duplicates_and_contradictions(tmp_path):
     queue = _queue(tmp_path)
     assert queue.submit([VALID]).accepted == [VALID["id"]]
     report = queue.submit([
-        VALID,                                                     # same id
+        VALID,                                                     # the same correction again
+        {**VALID, "target": "elsewhere"},                          # same id, other content
         {**VALID, "id": "copy"},                                   # same prompt and target
         {**VALID, "id": "other", "target": VALID["target"] + "x"},  # same prompt, new target
     ])
     reasons = [reason for _, reason in report.dead_lettered]
     assert report.accepted == []
+    assert report.known == [(VALID["id"], "record 0: already pending (the same correction)")]
     assert "duplicate id" in reasons[0]
     assert "duplicate of pending" in reasons[1]
     assert "contradicts pending" in reasons[2]
@@ -94,7 +96,7 @@ mutated = st.builds(
 def test_fuzzed_submissions_are_all_accounted_for(tmp_path_factory, batch):
     queue = CorrectionQueue(open_store(tmp_path_factory.mktemp("fuzz")))
     report = queue.submit(batch)
-    assert len(report.accepted) + len(report.dead_lettered) == len(batch)
+    assert len(report.accepted) + len(report.dead_lettered) + len(report.known) == len(batch)
     assert all(reason for _, reason in report.dead_lettered)
     counts = queue.counts()
     assert counts["pending"] == len(report.accepted)
