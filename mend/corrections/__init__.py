@@ -1,14 +1,16 @@
 """The corrections queue: submit, validate, apply with an editor, publish, roll back."""
 
 from mend.corrections.apply import ApplyConfig, ApplyReport, ApplyRun, apply_pending, recover
-from mend.corrections.lease import Lease, LeaseHeldError
+from mend.corrections.lease import Lease, LeaseHeldError, break_lease, inspect_lease
 from mend.corrections.policy import DEFAULT_REGRESSION_PROBES, AcceptancePolicy
-from mend.corrections.queue import STATES, CorrectionQueue, SubmitReport
+from mend.corrections.queue import STATES, CorrectionQueue, Problem, SubmitReport
 from mend.corrections.rollback import rollback
 from mend.corrections.schema import (
     Correction,
     InvalidCorrection,
     LocalityCheck,
+    Submission,
+    normalise,
     parse_correction,
     read_submissions,
 )
@@ -27,11 +29,16 @@ __all__ = [
     "Lease",
     "LeaseHeldError",
     "LocalityCheck",
+    "Problem",
     "SubmitReport",
+    "Submission",
     "VersionConflictError",
     "VersionStore",
     "ApplyRun",
     "apply_pending",
+    "break_lease",
+    "inspect_lease",
+    "normalise",
     "parse_correction",
     "read_submissions",
     "recover",
