@@ -1,12 +1,14 @@
 """Router quality on held-out records: does a scope model switch on the right correction
 for rephrases, and none for unrelated questions or same-relation prompts about others?
 
-    python -m bench.router [--layers 2,4,6,8] [--steps 300] [--scope-out runs/scope-smollm2]
+    python -m bench.router [--layers 4,6,8] [--steps 1000] [--scope-out runs/scope-smollm2] [--no-subject-test]
 
 Training data (fit and choice of block and threshold): zsRE ``zsre_mend_train-1k`` from
 record 500 on (the first 500 fill ``bench.edits_scaling``'s 1,000 edits) and the first 3,000 cases of CounterFact ``counterfact-train``; their last tenth is held out to
-pick the block and calibrate the threshold (NQ and neighbourhood false positives at most
-``--max-fpr`` each). Test data, never seen in training: the 537 records of
+pick the block and calibrate the thresholds (false positives at most ``--max-fpr-nq`` on
+NQ questions and ``--max-fpr-neighbourhood`` on neighbourhood prompts; with the subject
+test, half of each budget goes to the learned score alone and the rest to requests that
+also name a correction's subject: see ``mend.scope.model``). Test data, never seen in training: the 537 records of
 ``zsre_mend_eval-dev-537`` and the first 463 cases of ``counterfact-val`` make 1,000
 stored corrections, queried with their rephrases / paraphrases (recall: the own
 correction switches on) and with their NQ questions / neighbourhood prompts (false
@@ -51,7 +53,8 @@ DISTRACTED = 10_000
 def _quality(q) -> dict:
     return {"recall": round(q.recall, 4), "top1": round(q.top1, 4),
             **{f"fpr_{k}": round(v, 4) for k, v in q.false_positives.items()}, "stored": q.n_keys,
-            "threshold": round(q.threshold, 4)}
+            "threshold": round(q.threshold, 4),
+            "subject_threshold": None if q.subject_threshold is None else round(q.subject_threshold, 4)}
 
 
 def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
@@ -63,10 +66,13 @@ def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", default="2,4,6,8")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--layers", default="4,6,8")
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--max-fpr", type=float, default=0.01)
+    parser.add_argument("--max-fpr-nq", type=float, default=0.01, help="false-positive budget on NQ questions")
+    parser.add_argument("--max-fpr-neighbourhood", type=float, default=0.05,
+                        help="false-positive budget on neighbourhood prompts")
+    parser.add_argument("--no-subject-test", action="store_true", help="route on the learned score alone")
     parser.add_argument("--scope-out", default="runs/scope-smollm2")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
@@ -81,8 +87,9 @@ def main() -> None:
         model,
         train={"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
         held_out={"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]},
-        layers=[int(x) for x in args.layers.split(",")], dim=args.dim, max_false_positive_rate=args.max_fpr,
-        steps=args.steps,
+        layers=[int(x) for x in args.layers.split(",")], dim=args.dim,
+        max_false_positive_rate={"nq": args.max_fpr_nq, "neighbourhood": args.max_fpr_neighbourhood},
+        steps=args.steps, subject_test=not args.no_subject_test,
     )
     scope = choice.scope
     print(f"block {choice.layer}, threshold {scope.config.threshold:.3f}", flush=True)

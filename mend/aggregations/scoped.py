@@ -26,15 +26,17 @@ from mend.aggregations.base import (
 )
 from mend.aggregations.summed import SummedChange
 from mend.deltas import LowRankDelta
-from mend.scope.keys import correction_keys
+from mend.scope.keys import correction_keys, correction_subjects
 from mend.scope.model import ScopeModel
 from mend.scope.routing import RoutedChanges
+from mend.scope.subjects import cat_padded
 
 SCOPE_DIR = "scope"
 
 
 class ScopedChange(Change):
-    """Per module each request's rank-1 terms, plus each request's scope keys."""
+    """Per module each request's rank-1 terms, plus each request's scope keys and the
+    spellings of its subject (``subjects``: ``(keys, variants, tokens)``, -1 padded)."""
 
     name = "scoped"
     routed = True
@@ -46,9 +48,15 @@ class ScopedChange(Change):
         key_request: Tensor,
         n_requests: int,
         scope: ScopeModel,
+        subjects: Tensor | None = None,
     ):
         if keys.shape[0] != key_request.shape[0]:
             raise ValueError(f"{keys.shape[0]} scope keys but {key_request.shape[0]} owners")
+        if subjects is None:
+            subjects = torch.full((keys.shape[0], 1, 1), -1, dtype=torch.long)
+        if subjects.shape[0] != keys.shape[0]:
+            raise ValueError(f"{keys.shape[0]} scope keys but {subjects.shape[0]} subjects")
+        self.subjects = subjects
         self._deltas = deltas
         self.keys = keys
         self.key_request = key_request
@@ -70,7 +78,7 @@ class ScopedChange(Change):
                              "to the editor (editor.scope = ScopeModel.load(...))")
         keys = correction_keys(editor.scope, source.model, source.prompts, source.subjects)
         n = len(source.prompts)
-        return cls(terms, keys, torch.arange(n), n, editor.scope)
+        return cls(terms, keys, torch.arange(n), n, editor.scope, correction_subjects(source.model, source.subjects))
 
     @property
     def modules(self) -> list[str]:
@@ -82,11 +90,11 @@ class ScopedChange(Change):
     def select(self, remap: Tensor) -> ScopedChange:
         keep = remap[self.key_request] >= 0
         return ScopedChange(select_rows(self._deltas, remap), self.keys[keep], remap[self.key_request[keep]],
-                            int((remap >= 0).sum()), self.scope)
+                            int((remap >= 0).sum()), self.scope, self.subjects[keep])
 
     def shifted(self, offset: int) -> ScopedChange:
         return ScopedChange(shift_rows(self._deltas, offset), self.keys, self.key_request + offset,
-                            self.n_requests, self.scope)
+                            self.n_requests, self.scope, self.subjects)
 
     @classmethod
     def cat(cls, parts: list[Change]) -> ScopedChange:
@@ -95,20 +103,22 @@ class ScopedChange(Change):
             raise ValueError("scoped edits made with different scope models cannot be combined")
         n_requests = sum(p.n_requests for p in parts)  # parts arrive numbered one after another
         return cls(cat_rows([p.deltas() for p in parts]), torch.cat([p.keys for p in parts]),
-                   torch.cat([p.key_request for p in parts]), n_requests, scope)
+                   torch.cat([p.key_request for p in parts]), n_requests, scope,
+                   cat_padded([p.subjects for p in parts]))
 
     def with_pass(self, further: Change) -> ScopedChange:
         """Both passes' rows under this edit's scope keys (a pass re-captures the same requests)."""
         return ScopedChange(cat_rows([self._deltas, further.deltas()]), self.keys, self.key_request,
-                            self.n_requests, self.scope)
+                            self.n_requests, self.scope, self.subjects)
 
     def detach(self) -> ScopedChange:
         return ScopedChange({n: d.detach() for n, d in self._deltas.items()}, self.keys.detach(),
-                            self.key_request, self.n_requests, self.scope)
+                            self.key_request, self.n_requests, self.scope, self.subjects)
 
     def tensors(self) -> dict[str, Tensor]:
         return {**factor_tensors(self._deltas), "scope.keys": self.keys.detach().contiguous().cpu(),
-                "scope.key_request": self.key_request.contiguous().cpu()}
+                "scope.key_request": self.key_request.contiguous().cpu(),
+                "scope.subjects": self.subjects.contiguous().cpu()}
 
     def meta(self) -> dict:
         return {"scope": {"fingerprint": self.scope.fingerprint(), "config": self.scope.config.model_dump(),
@@ -133,10 +143,11 @@ class ScopedChange(Change):
         if not torch.isin(torch.arange(n_requests), tensors["scope.key_request"]).all():
             raise ValueError(f"{directory}: a request of this scoped edit has no scope key")
         return cls(factors_from(tensors, meta["modules"]), tensors["scope.keys"], tensors["scope.key_request"],
-                   n_requests, scope)
+                   n_requests, scope, tensors.get("scope.subjects"))
 
     def hook_into(self, model: nn.Module, key: object) -> None:
         RoutedChanges.of(model).add(key, self)
 
     def unhook(self, model: nn.Module, key: object) -> None:
         RoutedChanges.of(model).remove(key)
+

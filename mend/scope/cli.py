@@ -1,6 +1,6 @@
 """``mend scope``: fit a scope model on edit records and give an editor one.
 
-    mend scope fit DATA... --out runs/scope-smollm2 [--model smollm2-135m] [--layers 2,4,6,8]
+    mend scope fit DATA... --out runs/scope-smollm2 [--model smollm2-135m] [--layers 4,6,8]
     mend scope attach EDITOR_DIR SCOPE_DIR --out EDITOR_OUT
 
 ``fit`` reads any supported edit-data format (zsRE, CounterFact, flat JSON...): each
@@ -26,9 +26,9 @@ def fit_command(
     data: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="edit records (any supported format)"),
     out: Path = typer.Option(..., "--out", help="folder for scope.safetensors + scope.json"),
     model: str = typer.Option("smollm2-135m", "--model", help="the base model whose states are routed on"),
-    layers: str = typer.Option("2,4,6,8", "--layers", help="candidate blocks, comma-separated"),
+    layers: str = typer.Option("4,6,8", "--layers", help="candidate blocks, comma-separated"),
     max_fpr: float = typer.Option(0.01, "--max-fpr", help="false-positive budget on the held-out locality prompts"),
-    steps: int = typer.Option(300, "--steps"),
+    steps: int = typer.Option(1000, "--steps"),
     dim: int = typer.Option(128, "--dim"),
 ) -> None:
     """Fit a scope model, choosing its block and threshold on held-out training records."""

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from mend.models.editable import EditableModel
 from mend.scope.model import ScopeConfig, ScopeModel
 from mend.scope.states import TextStates, layer_states, subject_position
+from mend.scope.subjects import gated, subject_tokens
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class ScopeExample:
 
 @dataclass
 class Padded:
-    """Token states of several texts, padded: ``states`` (N, T, d), ``usable`` (N, T)."""
+    """Token states of several texts, padded: ``states`` (N, T, d), ``usable`` (N, T),
+    and each text's tokens (``ids``, for the subject test)."""
 
     states: Tensor
     usable: Tensor
+    ids: list[list[int]]
 
     @staticmethod
     def of(texts: Sequence[TextStates], skip_first: int, max_tokens: int = 64) -> Padded:
@@ -60,13 +63,13 @@ class Padded:
             usable[i, skip_first : len(rows)] = True
             if not usable[i].any():  # a text shorter than the skipped positions: its last token
                 usable[i, len(rows) - 1] = True
-        return Padded(states, usable)
+        return Padded(states, usable, [list(t.ids) for t in texts])
 
     def __len__(self) -> int:
         return self.states.shape[0]
 
     def take(self, index: Tensor) -> Padded:
-        return Padded(self.states[index], self.usable[index])
+        return Padded(self.states[index], self.usable[index], [self.ids[i] for i in index.tolist()])
 
     @staticmethod
     def cat(sets: Sequence[Padded]) -> Padded:
@@ -77,7 +80,7 @@ class Padded:
             extra = width - p.states.shape[1]
             states.append(nn.functional.pad(p.states, (0, 0, 0, extra)))
             usable.append(nn.functional.pad(p.usable, (0, extra)))
-        return Padded(torch.cat(states), torch.cat(usable))
+        return Padded(torch.cat(states), torch.cat(usable), [ids for p in sets for ids in p.ids])
 
 
 @dataclass
@@ -85,6 +88,7 @@ class ScopeData:
     """Everything a scope model is trained or measured on, as states at one block."""
 
     keys: Tensor  # (n, d_model): each correction's state at its subject
+    subjects: Tensor  # (n, variants, tokens): spellings of each correction's subject
     positives: Padded  # rephrases
     positive_owner: Tensor  # (p,) which correction each rephrase belongs to
     negatives: dict[str, Padded]  # named sets of inputs that belong to no correction
@@ -104,6 +108,7 @@ def scope_data(
     names = list(negatives)
     texts = prompts + rephrases + [t for n in names for t in negatives[n]]
     states = layer_states(model, texts, layers)
+    subjects = subject_tokens(model.tokenizer, [e.subject for e in examples])
     out = {}
     for layer in layers:
         rows = states[layer]
@@ -116,8 +121,8 @@ def scope_data(
             stop = start + len(negatives[name])
             negative_sets[name] = Padded.of(rows[start:stop], skip_first)
             start = stop
-        out[layer] = ScopeData(keys, Padded.of(rows[len(prompts) : len(prompts) + len(rephrases)], skip_first),
-                               owner, negative_sets)
+        out[layer] = ScopeData(keys, subjects, Padded.of(rows[len(prompts) : len(prompts) + len(rephrases)],
+                                                         skip_first), owner, negative_sets)
     return out
 
 
@@ -162,12 +167,12 @@ def fit_scope(
     config: ScopeConfig,
     data: ScopeData,
     *,
-    steps: int = 300,
+    steps: int = 1000,
     batch: int = 128,
     negatives_per_step: int = 256,
     lr: float = 1e-3,
     margin: float = 0.1,
-    temperature: float = 0.05,
+    temperature: float = 0.1,
     seed: int = 0,
 ) -> tuple[ScopeModel, FitReport]:
     """Train a scope model on ``data`` (see the module docstring); the threshold is
@@ -213,38 +218,77 @@ class ScopeQuality:
     top1: float  # rephrases whose own correction scores highest
     false_positives: dict[str, float]  # per negative set: inputs that switch any correction on
     n_keys: int
+    subject_threshold: float | None = None
 
 
 @torch.no_grad()
-def measure(scope: ScopeModel, data: ScopeData, threshold: float | None = None) -> ScopeQuality:
-    """Recall and false-positive rates of ``scope`` over every correction of ``data``."""
-    threshold = scope.config.threshold if threshold is None else threshold
+def measure(scope: ScopeModel, data: ScopeData) -> ScopeQuality:
+    """Recall and false-positive rates of ``scope`` over every correction of ``data``,
+    routed as :mod:`mend.scope.routing` routes (threshold, subject test, ``max_active``)."""
+    config = scope.config
     keys = scope.embed(data.keys)
-    pos = best_token_scores(scope, keys, data.positives)
-    own = pos.gather(1, data.positive_owner.unsqueeze(1)).squeeze(1)
-    top1 = (pos.argmax(1) == data.positive_owner).float().mean().item() if len(pos) else 0.0
-    # Switched on: at or above the threshold and among the ``max_active`` best, as routing does.
-    outranked = (pos > own.unsqueeze(1)).sum(1)
-    recall = ((own >= threshold) & (outranked < scope.config.max_active)).float().mean().item()
-    false_positives = {name: (best_token_scores(scope, keys, neg).amax(1) >= threshold).float().mean().item()
-                       for name, neg in data.negatives.items()}
-    return ScopeQuality(threshold, recall, top1, false_positives, len(keys))
+
+    def passing(queries: Padded) -> tuple[Tensor, Tensor]:
+        sims = best_token_scores(scope, keys, queries)
+        return sims, gated(sims, queries.ids, data.subjects, config.threshold, config.subject_threshold)
+
+    sims, passes = passing(data.positives)
+    owner = data.positive_owner.unsqueeze(1)
+    own = sims.gather(1, owner).squeeze(1)
+    top1 = (sims.argmax(1) == data.positive_owner).float().mean().item() if len(sims) else 0.0
+    # Switched on: passing and among the ``max_active`` best passing, as routing does.
+    outranked = ((sims > own.unsqueeze(1)) & passes).sum(1)
+    recall = (passes.gather(1, owner).squeeze(1) & (outranked < config.max_active)).float().mean().item()
+    false_positives = {name: passing(neg)[1].any(1).float().mean().item() for name, neg in data.negatives.items()}
+    return ScopeQuality(config.threshold, recall, top1, false_positives, len(keys), config.subject_threshold)
 
 
 @torch.no_grad()
-def calibrate(scope: ScopeModel, data: ScopeData, max_false_positive_rate: float) -> ScopeModel:
-    """``scope`` with the lowest threshold at which no negative set of ``data`` switches
-    a correction on for more than ``max_false_positive_rate`` of its inputs."""
+def calibrate(
+    scope: ScopeModel, data: ScopeData, max_false_positive_rate: float | dict[str, float], subject_test: bool = True,
+    subject_floor: float = 0.3,
+) -> ScopeModel:
+    """``scope`` with thresholds at which no negative set of ``data`` switches a correction
+    on for more than its budget of its inputs (one budget for all sets, or one per name).
+
+    Without the subject test: the lowest ``threshold`` within the budget. With it, the
+    threshold alone takes half of each budget, and ``subject_threshold`` (not below
+    ``subject_floor``) the lowest value at which the inputs that also contain a
+    correction's subject keep the total within the budget."""
     keys = scope.embed(data.keys)
-    worst = [best_token_scores(scope, keys, neg).amax(1) for neg in data.negatives.values()]
+
+    def budget(name: str) -> float:
+        rate = max_false_positive_rate
+        return float(rate) if isinstance(rate, float | int) else rate[name]
+
+    share = 0.5 if subject_test else 1.0
+    scored = {name: best_token_scores(scope, keys, neg) for name, neg in data.negatives.items()}
     threshold = -1.0
-    for scores in worst:
-        if len(scores):
-            allowed = int(max_false_positive_rate * len(scores))
-            ranked = scores.sort(descending=True).values
-            # Above the (allowed+1)-th highest score at most ``allowed`` inputs pass.
-            threshold = max(threshold, float(ranked[min(allowed, len(ranked) - 1)]) + 1e-4)
-    return scope.with_threshold(min(threshold, 1.0))
+    for name, sims in scored.items():
+        if len(sims):
+            threshold = max(threshold, _lowest_within(sims.amax(1), share * budget(name)))
+    threshold = min(threshold, 1.0)
+    if not subject_test:
+        return scope.with_threshold(threshold)
+    subject_threshold = subject_floor
+    for name, sims in scored.items():
+        if not len(sims):
+            continue
+        strong = sims.amax(1) >= threshold
+        # Each input's best score among the corrections whose subject it contains.
+        named = gated(sims, data.negatives[name].ids, data.subjects, 2.0, subject_floor, max_checks=len(keys))
+        best_named = sims.masked_fill(~named, -2.0).amax(1).masked_fill(strong, -2.0)
+        left = budget(name) - strong.float().mean().item()
+        subject_threshold = max(subject_threshold, _lowest_within(best_named, max(left, 0.0)))
+    return scope.with_threshold(threshold, min(subject_threshold, threshold))
+
+
+def _lowest_within(scores: Tensor, rate: float) -> float:
+    """The lowest threshold at which at most ``rate`` of ``scores`` reach it."""
+    allowed = int(rate * len(scores))
+    ranked = scores.sort(descending=True).values
+    # Above the (allowed+1)-th highest score at most ``allowed`` inputs pass.
+    return float(ranked[min(allowed, len(ranked) - 1)]) + 1e-4
 
 
 def examples_of(records) -> list[ScopeExample]:
@@ -273,13 +317,15 @@ def fit_choosing_layer(
     layers: Sequence[int],
     *,
     dim: int = 128,
-    max_false_positive_rate: float = 0.01,
-    steps: int = 300,
+    max_false_positive_rate: float | dict[str, float] = 0.01,
+    steps: int = 1000,
     seed: int = 0,
+    subject_test: bool = True,
 ) -> LayerChoice:
     """Fit a scope model at each of ``layers`` on ``train`` (named sets of edit records:
     rephrases in scope, locality prompts out of scope), calibrate each one's threshold on
-    ``held_out`` (also training data) at ``max_false_positive_rate``, and keep the block
+    ``held_out`` (also training data) at ``max_false_positive_rate`` (with the subject
+    test unless ``subject_test`` is False), and keep the block
     whose calibrated recall there is highest."""
     examples = {name: examples_of(records) for name, records in train.items()}
     fit_sets = scope_data(model, [e for es in examples.values() for e in es],
@@ -290,7 +336,7 @@ def fit_choosing_layer(
     for layer in layers:
         config = ScopeConfig(layer=layer, dim=dim, threshold=0.5)
         scope, _ = fit_scope(config, fit_sets[layer], steps=steps, seed=seed)
-        scope = calibrate(scope, check_sets[layer], max_false_positive_rate)
+        scope = calibrate(scope, check_sets[layer], max_false_positive_rate, subject_test=subject_test)
         fitted[layer], quality[layer] = scope, measure(scope, check_sets[layer])
     best = max(layers, key=lambda layer: (quality[layer].recall, quality[layer].top1))
     return LayerChoice(fitted[best], best, quality)

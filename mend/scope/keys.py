@@ -10,6 +10,7 @@ from torch import Tensor
 from mend.models.editable import EditableModel
 from mend.scope.model import ScopeModel
 from mend.scope.states import block_states, subject_position
+from mend.scope.subjects import subject_tokens
 
 
 @torch.no_grad()
@@ -25,3 +26,8 @@ def correction_keys(
     if not rows:
         return torch.zeros(0, scope.config.dim)
     return scope.embed(torch.stack(rows))
+
+
+def correction_subjects(model: EditableModel, subjects: Sequence[str | None]) -> Tensor:
+    """The spellings of each correction's subject as token ids (:mod:`mend.scope.subjects`)."""
+    return subject_tokens(model.tokenizer, list(subjects))

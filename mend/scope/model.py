@@ -11,7 +11,10 @@ made separable by training as SERAC does:
 * a request's **score** for a correction is the highest cosine between that key and the
   embedding of any of the request's prompt tokens (the first ``skip_first`` positions
   aside: their attention-sink states look alike for every input);
-* the request is **in scope** when the score reaches ``threshold``.
+* the request is **in scope** when the score reaches ``threshold``, or reaches the lower
+  ``subject_threshold`` and the request's prompt contains the correction's subject
+  (:mod:`mend.scope.subjects`): a cheap, precise second test for the requests that name
+  what the correction is about, while those that do not (aliases) need the higher score.
 
 The embedding ``normalise(W (h - c))`` is learned (:mod:`mend.scope.fit`) so that
 rephrases of a correction score high and unrelated or same-relation/other-subject
@@ -40,6 +43,11 @@ class ScopeConfig(BaseModel):
     layer: int = Field(4, ge=0, description="hidden states after this decoder block (0-based)")
     dim: int = Field(128, gt=0, description="width of the learned embedding")
     threshold: float = Field(0.8, gt=-1, le=1, description="cosine at or above which a request is in scope")
+    subject_threshold: float | None = Field(
+        None, gt=-1, le=1,
+        description="lower cosine at which a request is in scope if its prompt also contains the correction's "
+        "subject (None: no subject test)",
+    )
     skip_first: int = Field(1, ge=0, description="leading prompt positions never matched")
     max_active: int = Field(8, ge=1, description="most corrections switched on for one sequence")
 
@@ -61,9 +69,10 @@ class ScopeModel(nn.Module):
         """Unit-length embeddings of states ``(..., d_model)``."""
         return nn.functional.normalize(self.proj(states.float() - self.center), dim=-1)
 
-    def with_threshold(self, threshold: float) -> ScopeModel:
-        """The same embedding under another threshold (shares the weights)."""
-        other = ScopeModel(self.config.model_copy(update={"threshold": threshold}), self.d_model)
+    def with_threshold(self, threshold: float, subject_threshold: float | None = None) -> ScopeModel:
+        """The same embedding under other thresholds."""
+        update = {"threshold": threshold, "subject_threshold": subject_threshold}
+        other = ScopeModel(self.config.model_copy(update=update), self.d_model)
         other.load_state_dict(self.state_dict())
         return other
 

@@ -28,6 +28,7 @@ from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
 from mend.scope.model import ScopeModel
 from mend.scope.states import block_output, decoder_blocks
+from mend.scope.subjects import cat_padded, gated
 
 
 @dataclass
@@ -36,6 +37,7 @@ class _Index:
 
     keys: Tensor  # (m, dim) unit-length
     key_owner: Tensor  # (m,) global request of each key
+    subjects: Tensor  # (m, variants, tokens) spellings of each key's subject, -1 padded
     n_requests: int
     rows: dict[str, tuple[Tensor, Tensor, Tensor]]  # module -> (u, v, start) rows sorted by request
 
@@ -45,7 +47,7 @@ class Routing:
     """The corrections switched on for each sequence of the current forward pass."""
 
     active: list[Tensor]  # per sequence, global request indices
-    scores: Tensor  # (B, n_requests) best-token cosine per correction
+    scores: Tensor  # (B, n_requests) best-token cosine per correction that passes (else -2)
 
 
 class RoutedChanges:
@@ -62,6 +64,7 @@ class RoutedChanges:
         self._module_handles: dict[str, object] = {}  # edited module -> its hook
         self._fresh = True
         self._attention: Tensor | None = None
+        self._input_ids: Tensor | None = None
         self._plan: dict[str, tuple[Tensor, Tensor]] = {}
         self.last: Routing | None = None
 
@@ -117,10 +120,11 @@ class RoutedChanges:
         return self._index
 
     def _build(self) -> _Index:
-        keys, owners, per_module, offset = [], [], {}, 0
+        keys, owners, subjects, per_module, offset = [], [], [], {}, 0
         for change in self.changes.values():
             keys.append(change.keys)
             owners.append(change.key_request + offset)
+            subjects.append(change.subjects)
             for name, delta in change.deltas().items():
                 per_module.setdefault(name, []).append(LowRankDelta(delta.u, delta.v, delta.example + offset))
             offset += change.n_requests
@@ -131,24 +135,31 @@ class RoutedChanges:
             owner = merged.example[order]
             start = torch.searchsorted(owner, torch.arange(offset + 1))
             rows[name] = (merged.u[order], merged.v[order], start)
-        return _Index(torch.cat(keys), torch.cat(owners), offset, rows)
+        return _Index(torch.cat(keys), torch.cat(owners), cat_padded(subjects), offset, rows)
 
     # -- deciding on the prompt ------------------------------------------------------
     def _note_inputs(self, module, args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
         self._fresh = cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
         self._attention = kwargs.get("attention_mask")
+        self._input_ids = kwargs.get("input_ids", args[0] if args else None)
         return None
 
     def _route(self, module, args, output) -> None:
         if not self._fresh:
             return  # generation goes on under the decision made on its prompt
         hidden = block_output(output).detach()
-        self.last = self.decide(hidden, self._attention, current_prompt_window(self.model))
+        self.last = self.decide(hidden, self._attention, current_prompt_window(self.model), self._input_ids)
         self._plan = self._gather(self.last.active, hidden.shape[0])
 
     @torch.no_grad()
-    def decide(self, hidden: Tensor, attention: Tensor | None = None, prompt_mask: Tensor | None = None) -> Routing:
+    def decide(
+        self,
+        hidden: Tensor,
+        attention: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+        input_ids: Tensor | None = None,
+    ) -> Routing:
         """Which corrections each sequence of ``hidden`` (B, T, d_model) falls within."""
         scope, index = self.scope, self.index()
         config = scope.config
@@ -158,17 +169,20 @@ class RoutedChanges:
             real = real[:, -t:]
         position = real.long().cumsum(1) - 1  # index among the real tokens, left padding or right
         usable = real & (position >= config.skip_first)
-        if prompt_mask is not None:
-            usable &= prompt_mask.to(usable.device).bool()
+        window = real if prompt_mask is None else real & prompt_mask.to(real.device).bool()
+        usable &= window
         queries = scope.embed(hidden)  # (B, T, dim)
         sims = queries @ index.keys.to(queries.device).T  # (B, T, m)
         sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
+        sequences = [row[keep].tolist() for row, keep in zip(input_ids, window, strict=True)] \
+            if input_ids is not None else [[] for _ in range(b)]
+        passing = gated(sims, sequences, index.subjects, config.threshold, config.subject_threshold)
         scores = torch.full((b, index.n_requests), -2.0, device=sims.device)
         owner = index.key_owner.to(sims.device).expand(b, -1)
-        scores = scores.scatter_reduce(1, owner, sims, reduce="amax")
+        scores = scores.scatter_reduce(1, owner, sims.masked_fill(~passing, -2.0), reduce="amax")
         active = []
         for row in scores:
-            hits = (row >= config.threshold).nonzero().flatten()
+            hits = (row > -2.0).nonzero().flatten()
             if len(hits) > config.max_active:
                 hits = hits[row[hits].topk(config.max_active).indices]
             active.append(hits.cpu())

@@ -43,6 +43,7 @@ class TextStates:
 
     states: Tensor  # (T, d_model)
     offsets: list[tuple[int, int]]  # character span of each token
+    ids: list[int]  # the tokens
 
 
 @torch.no_grad()
@@ -77,6 +78,7 @@ def layer_states(
             enc = tok(chunk, return_tensors="pt", padding=True, return_offsets_mapping=True)
             offsets = enc.pop("offset_mapping")
             mask = enc["attention_mask"].bool()
+            ids = enc["input_ids"].clone()
             captured.clear()
             with contextlib.suppress(_Reached):
                 model.model(**enc.to(model.device), use_cache=False)
@@ -84,7 +86,8 @@ def layer_states(
                 states = captured[layer].float().cpu()
                 for i in range(len(chunk)):
                     real = mask[i]
-                    out[layer].append(TextStates(states[i][real], [tuple(o) for o in offsets[i][real].tolist()]))
+                    out[layer].append(TextStates(states[i][real], [tuple(o) for o in offsets[i][real].tolist()],
+                                                 ids[i][real].tolist()))
     finally:
         for handle in handles:
             handle.remove()

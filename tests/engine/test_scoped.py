@@ -153,3 +153,14 @@ def test_an_editor_saves_and_loads_its_scope_model(tmp_path):
     editor, _ = _scoped_edit(model)
     loaded = Editor.load(editor.save(tmp_path / "editor"))
     assert loaded.scope is not None and loaded.scope.fingerprint() == editor.scope.fingerprint()
+
+
+def test_the_subject_test_switches_a_correction_on_for_prompts_that_name_its_subject():
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999, subject_threshold=-0.99), 32)
+    _, edit = _scoped_edit(model, scope)
+    batch = model.task.batch(["Which language does France speak?", UNRELATED], ["French", "hot"])
+    with edit.applied(model), torch.no_grad():
+        model.task.logits(model.model, batch)
+        assert [a.tolist() for a in RoutedChanges.of(model.model).last.active] == [[0], []]
