@@ -114,6 +114,8 @@ def test_pipeline_evaluation_reports_progress_over_every_stage(capsys):
 
     model = tiny_model("llama")
     editor = Editor.for_model(model, EditorConfig(rank=8))
+    records = synthetic_records(8)
+    editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
     spec = EvalSpec(methods=["mend"], batch_sizes=[1, 2], batch_methods=["mend"], generate=False)
     calls = []
     result = evaluate_candidate(model, editor, synthetic_records(4, seed=2), synthetic_records(4),
