@@ -60,8 +60,8 @@ def _quality(q) -> dict:
 def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
     """The first ``keys`` keys, with the rephrases of the corrections in ``owners`` only."""
     pick = torch.isin(data.positive_owner, torch.tensor(list(owners)))
-    return ScopeData(data.keys[:keys], data.positives.take(pick.nonzero().flatten()), data.positive_owner[pick],
-                     data.negatives)
+    return ScopeData(data.keys[:keys], data.subjects[:keys], data.positives.take(pick.nonzero().flatten()),
+                     data.positive_owner[pick], data.negatives)
 
 
 def main() -> None:
@@ -96,6 +96,8 @@ def main() -> None:
     for layer, q in choice.per_layer.items():
         print(layer, _quality(q), flush=True)
     fitted_s = time.monotonic() - started
+    layer_choice = {str(k): _quality(v) for k, v in choice.per_layer.items()}
+    scope.save(args.scope_out, extra={"layer_choice": layer_choice})
 
     zsre_test = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_eval-dev-537.json").records
     cf_val = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-val.json").records
@@ -114,7 +116,6 @@ def main() -> None:
                    "counterfact": measure(scope, _sub(data, stored, range(len(zsre_test), STORED)))}
         results[stored] = {"all": _quality(everything), **{k: _quality(v) for k, v in per_set.items()}}
         print(stored, results[stored], flush=True)
-    scope.save(args.scope_out, extra={"layer_choice": {str(k): _quality(v) for k, v in choice.per_layer.items()}})
     at_1000 = results[STORED]["all"]
     write_result("router", {
         "recall": at_1000["recall"], "fpr_nq": at_1000["fpr_nq"], "fpr_neighbourhood": at_1000["fpr_neighbourhood"],
@@ -122,7 +123,7 @@ def main() -> None:
         "at_1000": results[STORED],
         "at_10000": results[len(examples)],
         "scope": {**scope.config.model_dump(), "fingerprint": scope.fingerprint()},
-        "layer_choice": {str(k): _quality(v) for k, v in choice.per_layer.items()},
+        "layer_choice": layer_choice,
         "test_data": {"zsre": "zsre_mend_eval-dev-537.json (537)", "counterfact": f"counterfact-val.json[:{len(cf_test)}]",
                       "distractors": f"{len(distractors)} keys: counterfact-val rest, counterfact-train[{TRAIN_CF}:], wikibio"},
         "train_data": {"zsre": f"zsre_mend_train-1k.json[{ZSRE_UNSEEN}:]", "counterfact": f"counterfact-train.json[:{TRAIN_CF}]",

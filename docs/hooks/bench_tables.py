@@ -197,12 +197,50 @@ def main_job_curve() -> str:
 
 def edits_scaling() -> str:
     d = load("edits_scaling")
-    rows = [[count(k), count(d["sum"][str(k)]["n_records"]), triple(d["sum"][str(k)]),
-             triple(d["least_squares"][str(k)])] for k in d["ks"]]
-    header = ["simultaneous edits", "records", "summed: edit / gen / loc", "least squares: edit / gen / loc"]
+    modes = [m for m in ("sum", "least_squares", "scoped") if d.get(m)]
+    label = {"sum": "summed", "least_squares": "least squares", "scoped": "scoped"}
+    rows = []
+    for k in d["ks"]:
+        row = [count(k), count(d[modes[0]][str(k)]["n_records"])]
+        row += [triple(d[m][str(k)]) if str(k) in d[m] else "-" for m in modes]
+        rows.append(row)
+    header = ["simultaneous edits", "records"] + [f"{label[m]}: edit / gen / loc" for m in modes]
     editors = "; ".join(f"{kind}: {editor_label(p)}" for kind, p in d["editors"].items())
-    return markdown(header, rows) + f"\n\nEditors: {editors}." + source(
-        "edits_scaling", d, "python -m bench.edits_scaling --sum-editor ... --ls-editor ...")
+    text = markdown(header, rows) + f"\n\nEditors: {editors}."
+    scoped = d.get("scoped", {})
+    held = [[count(k), count(scoped[str(k)]["heldout"]["n_records"]), triple(scoped[str(k)]["heldout"])]
+            for k in d["ks"] if "heldout" in scoped.get(str(k), {})]
+    if held:
+        text += ("\n\nScoped, over the held-out records alone (the rest of the 1,000 come from the editor's "
+                 "training file):\n\n" + markdown(["simultaneous edits", "held-out records", "edit / gen / loc"], held))
+    counterfact = d.get("counterfact", {})
+    if counterfact:
+        cf_modes = [m for m in modes if m in counterfact]
+        ks = sorted({int(k) for m in cf_modes for k in counterfact[m]})
+        cf_rows = [[count(k)] + [triple(counterfact[m][str(k)]) if str(k) in counterfact[m] else "-"
+                                 for m in cf_modes] for k in ks]
+        text += ("\n\nCounterFact (`counterfact-val`; locality on neighbourhood prompts: same relation, "
+                 "another subject):\n\n" + markdown(["simultaneous edits"] + [f"{label[m]}: edit / gen / loc"
+                                                       for m in cf_modes], cf_rows))
+    return text + source("edits_scaling", d, "python -m bench.edits_scaling --sum-editor ... --ls-editor ... "
+                                             "--scoped-editor ... --scope ...")
+
+
+def router() -> str:
+    d = load("router")
+    header = ["stored corrections", "recall zsRE", "recall CounterFact", "recall all", "own first",
+              "false positives NQ", "false positives neighbourhood"]
+    rows = []
+    for part in (d["at_1000"], d["at_10000"]):
+        everything = part["all"]
+        rows.append([count(everything["stored"]), metric(part["zsre"]["recall"]), metric(part["counterfact"]["recall"]),
+                     metric(everything["recall"]), metric(everything["top1"]), metric(everything["fpr_nq"]),
+                     metric(everything["fpr_neighbourhood"])])
+    scope = d["scope"]
+    return markdown(header, rows) + (
+        f"\n\nScope model: block {scope['layer']}, {scope['dim']} dimensions, threshold "
+        f"{scope['threshold']:.3f} (calibrated on held-out training records)."
+    ) + source("router", d, d["command"])
 
 
 def edits_tradeoff() -> str:
@@ -335,6 +373,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "main_job_curve": main_job_curve,
     "edits_scaling": edits_scaling,
     "edits_tradeoff": edits_tradeoff,
+    "router": router,
     "edits_sequential": edits_sequential,
     "key_room": key_room,
     "edits_ceiling_ideal": edits_ceiling_ideal,
