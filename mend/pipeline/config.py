@@ -9,7 +9,6 @@ Every section has defaults, so ``PipelineConfig()`` alone is a runnable configur
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -18,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mend.overrides import apply_overrides
+from mend.storage import resolve_store_uri
 from mend.training.config import TrainConfig
 
 # Package data (a link to configs/pipeline-default.yaml in a checkout, a copy in a wheel).
@@ -180,15 +180,14 @@ class PromotionSpec(_Strict):
 
 
 def _default_store() -> str:
-    # STORE-RESOLVER: the pipeline's default store. Replace with mend.storage's single
-    # store-URI resolver (MEND_STORE) once it exists; do not add another resolver here.
-    return os.environ.get("MEND_STORAGE_URI") or "artifacts"
+    # The one resolver every entry point shares ($MEND_STORE, else ./artifacts).
+    return resolve_store_uri()
 
 
 class StorageSpec(_Strict):
     uri: str = Field(
         default_factory=_default_store,
-        description="artifact store: a directory or s3://bucket/prefix; null: $MEND_STORAGE_URI, else ./artifacts",
+        description="artifact store: a directory or s3://bucket/prefix; null: $MEND_STORE, else ./artifacts",
     )
 
     @field_validator("uri", mode="before")

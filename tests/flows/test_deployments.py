@@ -55,7 +55,7 @@ def test_compose_file_wires_the_services_the_flows_need():
     assert "postgresql://" in services["mlflow"]["command"] and "--artifacts-destination s3://" in services["mlflow"]["command"]
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     env = services["prefect-worker"]["environment"]
-    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MEND_STORAGE_URI", "AWS_ENDPOINT_URL_S3",
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MEND_STORE", "AWS_ENDPOINT_URL_S3",
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in env, name
     assert (ROOT / "infra" / "postgres" / "init-databases.sh").exists()
