@@ -209,7 +209,7 @@ def main() -> None:
             store = LocalStore(around / "store", fsync=False)
             results["local"] = run_backend(store, args.n, args.seed, around, lambda: [])
         if "s3" in args.backends:
-            from tests.support.s3 import UNSET_ENV, start_moto_s3
+            from mend.testing.s3 import UNSET_ENV, start_moto_s3
 
             moto = start_moto_s3()
             try:

@@ -55,9 +55,6 @@ def _register_champion(tmp_path: Path, model_dir: Path, name: str, tracking_uri:
     mlflow.set_tracking_uri(None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the flow's `storage.uri: null` still resolves $MEND_STORAGE_URI (mend/pipeline/config.py, owned by "
-    "another engineer); passes once its default calls mend.storage.resolve_store_uri: then drop this mark"))
 def test_submit_with_mend_store_then_the_deployed_flow_applies_it(tmp_path, monkeypatch, tiny_model_dir,  # noqa: F811
                                                                    prefect_server):  # noqa: F811
     from prefect.utilities.templating import apply_values
