@@ -127,6 +127,23 @@ class Change(ABC):
         DeltaHooks.of(model).remove(key)
 
 
+class FactorChange(Change):
+    """A change kept as its low-rank factors per module (what most aggregations keep)."""
+
+    def __init__(self, deltas: dict[str, LowRankDelta]):
+        self._deltas = deltas
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self._deltas)
+
+    def deltas(self) -> dict[str, LowRankDelta]:
+        return self._deltas
+
+    def tensors(self) -> dict[str, Tensor]:
+        return factor_tensors(self._deltas)
+
+
 def refuse_solved(name: str, action: str):
     """The error for combining, narrowing or re-solving a change kept solved."""
     raise ValueError(

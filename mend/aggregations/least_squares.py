@@ -45,7 +45,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from mend.aggregations.base import Change, factor_tensors, factors_from, refuse_solved
+from mend.aggregations.base import Change, FactorChange, factors_from, refuse_solved
 from mend.capture import Factors
 from mend.deltas import LowRankDelta
 from mend.storage.checksum import sha256_file
@@ -307,7 +307,7 @@ def key_shifts(editor, factors: dict[str, Factors], update_stats: bool = False) 
     return out
 
 
-class SolvedChange(Change):
+class SolvedChange(FactorChange):
     """A solved change kept as its factors only (:meth:`LeastSquaresChange.solved`).
 
     Its rows no longer belong to single requests, so it refuses to be combined, narrowed
@@ -320,15 +320,8 @@ class SolvedChange(Change):
         raise TypeError("editors make changes to solve, not solved ones")
 
     def __init__(self, deltas: dict[str, LowRankDelta], solved_from: str):
-        self._deltas = deltas
+        super().__init__(deltas)
         self.name = solved_from  # an instance attribute: the aggregation it came from
-
-    @property
-    def modules(self) -> list[str]:
-        return list(self._deltas)
-
-    def deltas(self) -> dict[str, LowRankDelta]:
-        return self._deltas
 
     def select(self, remap: Tensor) -> Change:
         refuse_solved(self.name, "select from")
@@ -342,9 +335,6 @@ class SolvedChange(Change):
 
     def with_pass(self, further: Change) -> Change:
         refuse_solved(self.name, "add a pass to")
-
-    def tensors(self) -> dict[str, Tensor]:
-        return factor_tensors(self._deltas)
 
     @classmethod
     def load(cls, tensors: dict[str, Tensor], meta: dict, directory: Path, cache: dict | None) -> SolvedChange:

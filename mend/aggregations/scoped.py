@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from mend.aggregations.base import (
     Change,
+    FactorChange,
     cat_rows,
-    factor_tensors,
     factors_from,
     select_rows,
     shift_rows,
@@ -34,7 +34,7 @@ from mend.scope.subjects import cat_padded
 SCOPE_DIR = "scope"
 
 
-class ScopedChange(Change):
+class ScopedChange(FactorChange):
     """Per module each request's rank-1 terms, plus each request's scope keys and the
     spellings of its subject (``subjects``: ``(keys, variants, tokens)``, -1 padded)."""
 
@@ -56,8 +56,8 @@ class ScopedChange(Change):
             subjects = torch.full((keys.shape[0], 1, 1), -1, dtype=torch.long)
         if subjects.shape[0] != keys.shape[0]:
             raise ValueError(f"{keys.shape[0]} scope keys but {subjects.shape[0]} subjects")
+        super().__init__(deltas)
         self.subjects = subjects
-        self._deltas = deltas
         self.keys = keys
         self.key_request = key_request
         self.n_requests = n_requests
@@ -79,13 +79,6 @@ class ScopedChange(Change):
         keys = correction_keys(editor.scope, source.model, source.prompts, source.subjects)
         n = len(source.prompts)
         return cls(terms, keys, torch.arange(n), n, editor.scope, correction_subjects(source.model, source.subjects))
-
-    @property
-    def modules(self) -> list[str]:
-        return list(self._deltas)
-
-    def deltas(self) -> dict[str, LowRankDelta]:
-        return self._deltas
 
     def select(self, remap: Tensor) -> ScopedChange:
         keep = remap[self.key_request] >= 0
@@ -116,7 +109,7 @@ class ScopedChange(Change):
                             self.key_request, self.n_requests, self.scope, self.subjects)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {**factor_tensors(self._deltas), "scope.keys": self.keys.detach().contiguous().cpu(),
+        return {**super().tensors(), "scope.keys": self.keys.detach().contiguous().cpu(),
                 "scope.key_request": self.key_request.contiguous().cpu(),
                 "scope.subjects": self.subjects.contiguous().cpu()}
 

@@ -14,33 +14,22 @@ from torch import Tensor
 
 from mend.aggregations.base import (
     Change,
+    FactorChange,
     cat_rows,
-    factor_tensors,
     factors_from,
     select_rows,
     shift_rows,
 )
-from mend.deltas import LowRankDelta
 
 
-class SummedChange(Change):
+class SummedChange(FactorChange):
     """Per module, the editor's rank-1 terms of every request, summed."""
 
     name = "sum"
 
-    def __init__(self, deltas: dict[str, LowRankDelta]):
-        self._deltas = deltas
-
     @classmethod
     def from_editor(cls, editor, factors, update_stats, source) -> SummedChange:
         return cls(editor.terms(factors, update_stats))
-
-    @property
-    def modules(self) -> list[str]:
-        return list(self._deltas)
-
-    def deltas(self) -> dict[str, LowRankDelta]:
-        return self._deltas
 
     def select(self, remap: Tensor) -> SummedChange:
         return type(self)(select_rows(self._deltas, remap))
@@ -54,9 +43,6 @@ class SummedChange(Change):
 
     def detach(self) -> SummedChange:
         return type(self)({n: d.detach() for n, d in self._deltas.items()})
-
-    def tensors(self) -> dict[str, Tensor]:
-        return factor_tensors(self._deltas)
 
     @classmethod
     def load(cls, tensors: dict[str, Tensor], meta: dict, directory: Path, cache: dict | None) -> SummedChange:

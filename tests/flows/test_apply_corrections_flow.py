@@ -12,12 +12,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from flows.apply_corrections import apply_corrections as apply_flow
 from mend import Editor, EditorConfig
 from mend.corrections import CorrectionQueue, VersionStore, rollback
 from mend.models.editable import EditableModel
+from mend.scope import ScopeConfig, ScopeModel
 from mend.serving.pyfunc import log_editor_model
 from mend.storage import open_store
 from tests.registry.mlflow_server import free_port, http_process
@@ -42,6 +44,11 @@ def deployment(request, tmp_path, tiny_model_dir, prefect_server):
     editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation=aggregation))
     records = synthetic_records(8, seed=99)
     editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    if aggregation == "scoped":
+        # Block 0 (the tiny LLaMA edits blocks 1-3); only a correction's own prompt reaches
+        # the threshold, so every other prompt must be answered by the base model.
+        torch.manual_seed(0)
+        editor.scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999), model.model.config.hidden_size)
     editor.save(tmp_path / "editor")
     with mlflow.start_run(experiment_id=experiment):
         log_editor_model(tmp_path / "editor", base_model=str(tiny_model_dir), registered_model_name=EDITOR_NAME)
@@ -58,7 +65,7 @@ def run_flow(config, **apply):
                       apply={"batch_size": 2, "policy": LENIENT.model_dump(), **apply})
 
 
-@pytest.mark.parametrize("deployment", ["sum", "least_squares"], indirect=True)
+@pytest.mark.parametrize("deployment", ["sum", "least_squares", "scoped"], indirect=True)
 def test_flow_publishes_registers_and_serves_the_corrections(deployment, request):
     config, client, queue, model = deployment
     aggregation = request.node.callspec.params["deployment"]
@@ -97,6 +104,8 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     assert got == expected
     base_answers = [a.strip() for a in model.generate(prompts, 3)]
     assert got != base_answers  # the corrections changed something
+    if aggregation == "scoped":  # out of every correction's scope: exactly the base model
+        assert got[len(items):] == base_answers[len(items):]
     # The registry holds the solved change; the store keeps what re-solving needs.
     logged = Path(mlflow.artifacts.download_artifacts(f"models:/{CORRECTED}@current"))
     (edit_json,) = logged.rglob("edit.json")
@@ -136,10 +145,13 @@ def test_missing_alias_is_a_clear_error(deployment):
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_over_http(deployment, tmp_path):
+@pytest.mark.parametrize("deployment", ["sum", "scoped"], indirect=True)
+def test_mlflow_models_serve_answers_over_http(deployment, tmp_path, request):
     config, _, queue, model = deployment
-    queue.submit(correction_dicts(2))
+    items = correction_dicts(2)
+    queue.submit(items)
     run_flow(config)
+    prompts = [items[0]["prompt"], *QUESTIONS]  # one in a correction's scope, the rest in none
     port = free_port()
     # mlflow runs `uvicorn` by name: the environment's bin folder must be on PATH.
     env = {"MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"],
@@ -148,12 +160,14 @@ def test_mlflow_models_serve_answers_over_http(deployment, tmp_path):
     argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{CORRECTED}@current",
             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with http_process(argv, tmp_path, f"{url}/ping", env, timeout=180, log_name="serve.log"):
-        body = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[q] for q in QUESTIONS]},
+        body = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [[q] for q in prompts]},
                            "params": {"max_new_tokens": 3}}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
+        call = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(call, timeout=60) as response:
             answers = [row["answer"] for row in json.loads(response.read())["predictions"]]
+    base = [a.strip() for a in model.generate(prompts, 3)]
     versions = VersionStore(queue.store)
     with versions.load_edit(versions.active(versions.latest())).applied(model):
-        assert answers == [a.strip() for a in model.generate(QUESTIONS, 3)]
+        assert answers == [a.strip() for a in model.generate(prompts, 3)]
+    if request.node.callspec.params["deployment"] == "scoped":
+        assert answers[1:] == base[1:]  # routed: the other prompts get the base model
