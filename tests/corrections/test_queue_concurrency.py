@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import queue as queue_module
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -61,7 +63,14 @@ def _run_and_check(uri: str) -> None:
                for i, data in enumerate(files)]
     for w in workers:
         w.start()
-    reports = [results.get(timeout=300) for _ in workers]
+    reports = []
+    deadline = time.monotonic() + 300
+    while len(reports) < WORKERS:  # a worker that crashed fails the test now, not at a timeout
+        try:
+            reports.append(results.get(timeout=1))
+        except queue_module.Empty:
+            died = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            assert not died and time.monotonic() < deadline, f"workers failed: exit codes {died}"
     for w in workers:
         w.join(timeout=60)
         assert w.exitcode == 0
