@@ -35,11 +35,6 @@ EDIT_FORMAT = "mend-edit/3"
 READABLE_FORMATS = {"mend-edit/1", "mend-edit/2", EDIT_FORMAT}
 
 
-def penalty_of(meta: dict) -> dict | None:
-    """``{"file", "sha256"}`` of the key-penalty file an ``edit.json`` points to, if any."""
-    return meta.get("penalty")
-
-
 State = Literal["detached", "applied", "merged"]
 
 
@@ -239,19 +234,19 @@ class Edit:
 
     @classmethod
     def load(
-        cls, directory: str | Path, model: EditableModel | None = None, penalty_cache: dict | None = None
+        cls, directory: str | Path, model: EditableModel | None = None, shared_cache: dict | None = None
     ) -> Edit:
         """Read an edit written by :meth:`save`; ``model`` binds it for ``apply()``.
 
-        ``penalty_cache`` shares what edits loaded together have in common (least-squares
-        key penalties, by hash)."""
+        ``shared_cache`` shares what edits loaded together have in common (least-squares
+        key preconditioners, by hash; scope models)."""
         directory = Path(directory)
         meta = json.loads((directory / "edit.json").read_text())
         fmt = meta.get("format")
         if fmt not in READABLE_FORMATS:
             raise ValueError(f"{directory} is not a {EDIT_FORMAT} edit (format={fmt})")
         kind = change_class(meta.get("aggregation", "sum"), solved=meta.get("solved", False))
-        change = kind.load(load_file(directory / "edit.safetensors"), meta, directory, penalty_cache)
+        change = kind.load(load_file(directory / "edit.safetensors"), meta, directory, shared_cache)
         edit = cls(change, meta["layouts"], [EditRequest(**r) for r in meta["requests"]], meta["base_model"])
         if model is not None:
             edit.model = edit._target(model)

@@ -52,7 +52,14 @@ from mend.storage.checksum import sha256_file
 
 # The editor's key preconditioners P = M^-1, the largest file of an edit and the same for
 # every edit of one editor: kept apart so that a store can hold it once, by its hash.
-PENALTY_FILE = "penalty.safetensors"
+# Edits written before this name called it penalty.safetensors under the edit.json key
+# "penalty"; the file name is read from edit.json, so they load unchanged.
+PRECOND_FILE = "key_precond.safetensors"
+
+
+def key_precond_file(meta: dict) -> dict | None:
+    """``{"file", "sha256"}`` of the key-preconditioner file an ``edit.json`` points to, if any."""
+    return meta.get("key_precond", meta.get("penalty"))  # "penalty": edits written before
 
 
 @dataclass(frozen=True)
@@ -277,9 +284,9 @@ class LeastSquaresChange(Change):
     def save_extra(self, directory: Path) -> dict:
         precond = {n: ks.precond.detach().contiguous().cpu() for n, ks in self.shifts.items() if ks.precond is not None}
         if not precond:
-            return {"penalty": None}
-        save_file(precond, directory / PENALTY_FILE)
-        return {"penalty": {"file": PENALTY_FILE, "sha256": sha256_file(directory / PENALTY_FILE)}}
+            return {"key_precond": None}
+        save_file(precond, directory / PRECOND_FILE)
+        return {"key_precond": {"file": PRECOND_FILE, "sha256": sha256_file(directory / PRECOND_FILE)}}
 
     @classmethod
     def load(cls, tensors: dict[str, Tensor], meta: dict, directory: Path, cache: dict | None) -> LeastSquaresChange:
@@ -288,7 +295,7 @@ class LeastSquaresChange(Change):
                 f"{directory} is a mend-edit/1 least-squares edit, solved with an absolute regulariser: "
                 "compute it again with its editor"
             )
-        precond = read_penalties(directory, meta.get("penalty"), cache)
+        precond = read_key_preconds(directory, key_precond_file(meta), cache)
         return cls({
             name: KeyShifts(tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],
                             torch.tensor(lam), precond.get(name))
@@ -341,19 +348,20 @@ class SolvedChange(FactorChange):
         return cls(factors_from(tensors, meta["modules"]), meta["aggregation"])
 
 
-def read_penalties(directory: Path, penalty: dict | None, cache: dict | None = None) -> dict[str, Tensor]:
-    """The key preconditioners an ``edit.json`` points to (``{"file", "sha256"}``);
-    ``cache`` (by sha256) reads each file once for edits loaded together."""
-    if penalty is None:
+def read_key_preconds(directory: Path, file: dict | None, cache: dict | None = None) -> dict[str, Tensor]:
+    """The key preconditioners ``P = M^-1`` an ``edit.json`` points to (``file`` =
+    ``{"file", "sha256"}``); ``cache`` (by sha256) reads each file once for edits loaded
+    together."""
+    if file is None:
         return {}
-    if cache is not None and penalty["sha256"] in cache:
-        return cache[penalty["sha256"]]
-    path = directory / penalty["file"]
+    if cache is not None and file["sha256"] in cache:
+        return cache[file["sha256"]]
+    path = directory / file["file"]
     if not path.exists():
-        raise FileNotFoundError(f"{directory} needs its key penalty file {penalty['file']} (sha256 {penalty['sha256']})")
-    if sha256_file(path) != penalty["sha256"]:
+        raise FileNotFoundError(f"{directory} needs its key preconditioner file {file['file']} (sha256 {file['sha256']})")
+    if sha256_file(path) != file["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in edit.json")
-    penalties = load_file(path)
+    preconds = load_file(path)
     if cache is not None:
-        cache[penalty["sha256"]] = penalties
-    return penalties
+        cache[file["sha256"]] = preconds
+    return preconds

@@ -10,11 +10,11 @@ to are garbage and are removed by :meth:`VersionStore.collect_garbage`.
 
 A manifest lists the *active* corrections as references to the delta files of the
 versions that added them, so a correction's low-rank factors are stored once, and
-rolling one back is a new manifest without it. A least-squares delta's key penalties
+rolling one back is a new manifest without it. A least-squares delta's key preconditioners
 (the editor's, the same for every batch and by far its largest file) are kept once per
 content hash under ``penalties/`` and fetched next to each delta on load. The active
 least-squares corrections are solved together with the newest active delta's
-regularisers and key penalty (:meth:`mend.edit.Edit.concat`).
+regularisers and key preconditioner (:meth:`mend.edit.Edit.concat`).
 
 Each version also carries its full edit as a PEFT adapter, for multi-LoRA serving.
 With many least-squares corrections that adapter is a dense change per matrix (44 MB
@@ -31,8 +31,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mend.aggregations.least_squares import key_precond_file
 from mend.corrections.schema import now
-from mend.edit import Edit, penalty_of
+from mend.edit import Edit
 from mend.storage import ArtifactNotFoundError, ArtifactStore
 
 MANIFEST_FORMAT = "mend-corrected-model/1"
@@ -141,13 +142,13 @@ class VersionStore:
     def load_edit(self, entries: list[ActiveEntry]) -> Edit | None:
         """The combined edit of the given active entries (None when there are none)."""
         parts = []
-        penalties: dict = {}  # every batch of one editor shares its penalty: read it once
+        shared: dict = {}  # every batch of one editor shares its preconditioner: read it once
         with tempfile.TemporaryDirectory() as tmp:
             for index, entry in enumerate(entries):
                 local = Path(tmp) / str(index)
                 self.store.download_dir(entry.path, local)
-                self._fetch_penalty(local, penalties)
-                edit = Edit.load(local, penalty_cache=penalties)
+                self._fetch_key_precond(local, shared)
+                edit = Edit.load(local, shared_cache=shared)
                 keep = [i for i, r in enumerate(edit.requests) if r.request_id in set(entry.ids)]
                 if len(keep) != len(entry.ids):
                     missing = set(entry.ids) - {edit.requests[i].request_id for i in keep}
@@ -155,24 +156,25 @@ class VersionStore:
                 parts.append(edit.select(keep))
         return Edit.concat(parts) if parts else None
 
-    def _penalty_key(self, sha256: str) -> str:
+    def _key_precond_key(self, sha256: str) -> str:
+        # "penalties/": the folder's name in stores written before the file was renamed.
         return f"{self.root}/penalties/{sha256}.safetensors"
 
-    def _share_penalty(self, delta_dir: Path) -> None:
-        """Move a saved delta's penalty file to its content-addressed key (once)."""
-        penalty = penalty_of(json.loads((delta_dir / "edit.json").read_text()))
-        if penalty is None:
+    def _share_key_precond(self, delta_dir: Path) -> None:
+        """Move a saved delta's key-preconditioner file to its content-addressed key (once)."""
+        file = key_precond_file(json.loads((delta_dir / "edit.json").read_text()))
+        if file is None:
             return
-        path = delta_dir / penalty["file"]
-        key = self._penalty_key(penalty["sha256"])
+        path = delta_dir / file["file"]
+        key = self._key_precond_key(file["sha256"])
         if not self.store.exists(key):
             self.store.put_file(key, path)
         path.unlink()
 
-    def _fetch_penalty(self, delta_dir: Path, cached: dict) -> None:
-        penalty = penalty_of(json.loads((delta_dir / "edit.json").read_text()))
-        if penalty is not None and penalty["sha256"] not in cached and not (delta_dir / penalty["file"]).exists():
-            self.store.get_file(self._penalty_key(penalty["sha256"]), delta_dir / penalty["file"])
+    def _fetch_key_precond(self, delta_dir: Path, cached: dict) -> None:
+        file = key_precond_file(json.loads((delta_dir / "edit.json").read_text()))
+        if file is not None and file["sha256"] not in cached and not (delta_dir / file["file"]).exists():
+            self.store.get_file(self._key_precond_key(file["sha256"]), delta_dir / file["file"])
 
     def publish(
         self,
@@ -194,7 +196,7 @@ class VersionStore:
         with tempfile.TemporaryDirectory() as tmp:
             if new_delta is not None and new_delta.requests:
                 new_delta.save(Path(tmp) / "delta")
-                self._share_penalty(Path(tmp) / "delta")
+                self._share_key_precond(Path(tmp) / "delta")
                 self.store.upload_dir(Path(tmp) / "delta", f"{attempt}/delta")
                 entries.append(
                     ActiveEntry(f"{attempt}/delta", tuple(r.request_id for r in new_delta.requests))
@@ -252,6 +254,6 @@ class VersionStore:
         for entry in manifest["active"]:
             for name in ("edit.json", "edit.safetensors"):
                 self.store.info(f"{entry['path']}/{name}")
-            penalty = penalty_of(self.store.get_json(f"{entry['path']}/edit.json"))
-            if penalty is not None and self.store.info(self._penalty_key(penalty["sha256"])).sha256 != penalty["sha256"]:
-                raise ValueError(f"version {version}: key penalty {penalty['sha256']} is corrupt")
+            file = key_precond_file(self.store.get_json(f"{entry['path']}/edit.json"))
+            if file is not None and self.store.info(self._key_precond_key(file["sha256"])).sha256 != file["sha256"]:
+                raise ValueError(f"version {version}: key preconditioner {file['sha256']} is corrupt")

@@ -1,5 +1,7 @@
 """Least-squares aggregation: the solve, re-solving on select/concat, gradients."""
 
+import json
+
 import pytest
 import torch
 
@@ -138,9 +140,23 @@ def test_key_penalty_is_saved_beside_the_edit_and_required_on_load(tmp_path):
     edit.save(tmp_path / "e")
     name = model.targets[0].module_name
     assert torch.allclose(Edit.load(tmp_path / "e").dense()[name], edit.dense()[name], atol=1e-6)
-    (tmp_path / "e" / "penalty.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="key penalty"):
+    (tmp_path / "e" / "key_precond.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="key preconditioner"):
         Edit.load(tmp_path / "e")
+
+
+def test_an_edit_written_with_the_old_penalty_file_name_still_loads(tmp_path):
+    # Before the rename the preconditioners sat in penalty.safetensors under "penalty".
+    model = tiny_model("llama")
+    prompts, targets = REQUESTS["causal"]
+    edit = _covariance_editor(model).edit(model, prompts, targets)
+    edit.save(tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / "edit.json").read_text())
+    (tmp_path / "e" / "key_precond.safetensors").rename(tmp_path / "e" / "penalty.safetensors")
+    meta["penalty"] = {**meta.pop("key_precond"), "file": "penalty.safetensors"}
+    (tmp_path / "e" / "edit.json").write_text(json.dumps(meta))
+    name = model.targets[0].module_name
+    assert torch.allclose(Edit.load(tmp_path / "e").dense()[name], edit.dense()[name], atol=1e-6)
 
 
 def test_scaling_the_regularisers_trades_edit_strength_for_locality():
@@ -263,7 +279,7 @@ def test_a_solved_edit_serves_the_same_change_without_its_keys_and_refuses_to_re
     prompts, targets = REQUESTS["causal"]
     edit = _covariance_editor(model).edit(model, prompts, targets, ["a", "b"])
     edit.solved().save(tmp_path / "solved")
-    assert not (tmp_path / "solved" / "penalty.safetensors").exists()
+    assert not (tmp_path / "solved" / "key_precond.safetensors").exists()
     assert not any(k.endswith(".keys") for k in load_file(tmp_path / "solved" / "edit.safetensors"))
     solved = Edit.load(tmp_path / "solved")
     assert solved.aggregation == "least_squares" and not solved.change.per_request
