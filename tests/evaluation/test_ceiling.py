@@ -1,10 +1,11 @@
-"""The references of bench.edits_ceiling: what the solve reaches with ideal shifts, and
-what direct optimisation of the edited matrices reaches."""
+"""The references of mend.evaluation.ceiling (run by bench.edits_ceiling): what the solve
+reaches with ideal shifts, and what direct optimisation of the edited matrices reaches."""
 
 import pytest
 import torch
 
-from bench.edits_ceiling import (
+from mend.editor.editor import base_model_info
+from mend.evaluation.ceiling import (
     DirectChange,
     SolvedShifts,
     edited_blocks,
@@ -14,7 +15,6 @@ from bench.edits_ceiling import (
     optimised_rows,
     starting_at,
 )
-from mend.editor.editor import base_model_info
 from mend.models.tasks import per_example_nll
 from tests.support.synthetic import synthetic_records
 from tests.support.tiny_models import tiny_model
@@ -119,5 +119,5 @@ def test_a_wider_direct_change_edits_the_mlp_of_the_named_blocks_and_is_undone_e
 
 @pytest.mark.parametrize("blocks", ["2-1", "0-4", "-1-2", "3", "a-b"])
 def test_block_ranges_outside_the_model_are_refused(blocks):
-    with pytest.raises(SystemExit, match="--blocks"):
+    with pytest.raises(ValueError, match="not a range of this model's decoder blocks"):
         mlp_of_blocks(_frozen_llama(), blocks)
