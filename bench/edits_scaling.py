@@ -48,6 +48,9 @@ HELDOUT_ZSRE = 537  # zsre_records puts the held-out eval file's records first
 
 def _summary(report, heldout: int | None) -> dict:
     row = {key: round(report.summary[key], 4) for key in KEYS}
+    for key in ("superseded", "edit_success_all"):  # scoped groups keep the newest correction of a question
+        if key in report.summary:
+            row[key] = round(report.summary[key], 4)
     row["n_records"] = len(report.rows)
     row["wall_s"] = round(report.seconds, 1)
     if heldout is not None and len(report.rows) > heldout:

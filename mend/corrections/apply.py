@@ -38,6 +38,7 @@ from mend.data.records import LocalityProbe
 from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
+from mend.scope.supersede import Questions, same_question
 
 
 class ApplyConfig(BaseModel):
@@ -190,6 +191,7 @@ class ApplyRun:
                     batches += 1
                     lease.renew()
                     batch = _revalidate(self.queue, pending, self.model, config, self.published, self.report)
+                    batch = self._one_per_question(batch)
                     if batch:
                         self.log(f"batch {batches}: editing {len(batch)} corrections")
                         self._apply_batch(batch)
@@ -202,9 +204,40 @@ class ApplyRun:
         return self.report
 
     def _superseded(self, corrections: list[Correction]) -> set[str]:
-        """Active corrections of the same prompts as ``corrections``: a newer fix replaces them."""
+        """Active corrections that ``corrections`` replace (a newer fix wins): those of the
+        same prompts and, when the active edit is routed, of the same questions."""
         prompts = {c.prompt_key for c in corrections}
-        return {cid for cid in self.active.parts if self.published[cid].prompt_key in prompts}
+        same_prompt = {cid for cid in self.active.parts if self.published[cid].prompt_key in prompts}
+        return same_prompt | self._same_question(corrections)
+
+    def _same_question(self, corrections: list[Correction]) -> set[str]:
+        """Active scoped corrections asking what one of ``corrections`` asks (:mod:`mend.scope.supersede`)."""
+        active = self.active.edit
+        change = active.change if active is not None else None
+        if not corrections or not getattr(change, "routed", False) or not len(change.keys):
+            return set()
+        questions = Questions.of(change.scope, self.model, [c.prompt for c in corrections],
+                                 [c.subject for c in corrections])
+        same = same_question(change.scope, questions, change.keys, change.subjects).any(0)
+        return {active.requests[r].request_id for r in change.key_request[same].unique().tolist()}
+
+    def _one_per_question(self, batch: list[Correction]) -> list[Correction]:
+        """``batch`` less the corrections asking a question an earlier one of the batch
+        asks: dead-lettered as contradictions, like two of the same prompt (scoped runs)."""
+        scope = self.editor.scope
+        if (self.config.aggregation or self.editor.config.aggregation) != "scoped" or scope is None or len(batch) < 2:
+            return batch
+        questions = Questions.of(scope, self.model, [c.prompt for c in batch], [c.subject for c in batch])
+        same = same_question(scope, questions, questions.keys, questions.subjects)
+        kept = []
+        for i, correction in enumerate(batch):
+            earlier = same[i, :i].nonzero().flatten().tolist()
+            if not earlier:
+                kept.append(correction)
+                continue
+            reason = f"contradicts correction {batch[earlier[0]].id!r} in the same batch (same question)"
+            _dead_letter(self.queue, correction, reason, self.report)
+        return kept
 
     def _edit(self, batch: list[Correction], replaced: set[str]) -> Edit:
         # A further capture pass sees the model as it would be published. Captured on the
@@ -304,10 +337,15 @@ def _revalidate(queue, pending, model, config, published, report) -> list[Correc
         if reason is None and other is not None:
             reason = f"contradicts correction {other.id!r} in the same batch"
         if reason is not None:
-            queue.dead_letter(correction.model_dump(mode="json"), reason, "apply")
-            queue.store.delete(queue.key("pending", correction.id))
-            report.dead_lettered.append((correction.id, reason))
+            _dead_letter(queue, correction, reason, report)
             continue
         seen[correction.prompt_key] = correction
         batch.append(correction)
     return batch
+
+
+def _dead_letter(queue, correction: Correction, reason: str, report: ApplyReport) -> None:
+    """Move a pending correction the run cannot apply to dead-letter, with its reason."""
+    queue.dead_letter(correction.model_dump(mode="json"), reason, "apply")
+    queue.store.delete(queue.key("pending", correction.id))
+    report.dead_lettered.append((correction.id, reason))

@@ -13,6 +13,7 @@ from mend.data.records import EditRecord, LocalityProbe
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
+from mend.scope.supersede import Questions, superseded_within
 from mend.training.losses import kl_on_scored
 
 
@@ -31,9 +32,23 @@ class EditMethod(Protocol):
 
 
 @dataclass
+class Superseding:
+    """An edit of the live requests of a group, and which requests newer ones of the
+    same question superseded (record id -> the superseding record's id): those are not
+    live, so the runner scores them apart (:mod:`mend.scope.supersede`)."""
+
+    edit: Applied
+    superseded: dict[str, str]
+
+    def remove(self) -> object:
+        return self.edit.remove()
+
+
+@dataclass
 class MendMethod:
     """A meta-trained (or identity) MEND editor; ``passes`` and ``aggregation`` (None: the
-    editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits."""
+    editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits; a
+    scoped group keeps the newest correction of each question (as the queue does)."""
 
     editor: Editor
     name: str = "mend"
@@ -41,11 +56,18 @@ class MendMethod:
     aggregation: str | None = None
 
     def apply(self, model, records):
-        return self.editor.edit(
+        superseded: dict[str, str] = {}
+        if (self.aggregation or self.editor.config.aggregation) == "scoped" and self.editor.scope is not None:
+            questions = Questions.of(self.editor.scope, model, [r.prompt for r in records], [r.subject for r in records])
+            newer = superseded_within(self.editor.scope, questions)
+            superseded = {r.record_id: records[n].record_id for r, n in zip(records, newer, strict=True) if n is not None}
+            records = [r for r, n in zip(records, newer, strict=True) if n is None]
+        edit = self.editor.edit(
             model, [r.prompt for r in records], [r.target for r in records],
             [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,
             subjects=[r.subject for r in records],
         ).apply()
+        return Superseding(edit, superseded) if superseded else edit
 
 
 class WeightSnapshot:

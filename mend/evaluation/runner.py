@@ -125,12 +125,22 @@ class EvalReport:
 
 
 def aggregate(rows: Sequence[dict]) -> dict:
-    """Mean of every metric over the edits that define it."""
+    """Mean of every metric over the edits that define it.
+
+    A record superseded by a newer one of the same question (``superseded_by``) is not
+    live: its edit metrics are left out (its target is no longer asked for), its
+    locality kept; ``superseded`` counts them and ``edit_success_all`` scores every
+    record against its own target, superseded or not."""
     out = {}
+    live = [r for r in rows if r.get("superseded_by") is None]
     for key in METRICS:
-        values = [r[key] for r in rows if r.get(key) is not None]
+        pool = rows if key.startswith("locality") or key.startswith("ppl") else live
+        values = [r[key] for r in pool if r.get(key) is not None]
         if values:
             out[key] = sum(values) / len(values)
+    if len(live) < len(rows):
+        out["superseded"] = len(rows) - len(live)
+        out["edit_success_all"] = sum(r["edit_success"] for r in rows) / len(rows)
     return out
 
 
@@ -169,8 +179,11 @@ def evaluate(
         finally:
             for edit in reversed(applied):
                 edit.remove()
+        superseded = {k: v for a in applied for k, v in getattr(a, "superseded", {}).items()}
         for record, before, after in zip(group, pre, post, strict=True):
             row = _row(record, before, after, generate)
             row.update(group=group_index, edit_seconds=edit_seconds / len(group))
+            if record.record_id in superseded:
+                row["superseded_by"] = superseded[record.record_id]
             rows.append(row)
     return EvalReport(method.name, mode, k, rows, time.perf_counter() - started)

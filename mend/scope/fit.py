@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from mend.models.editable import EditableModel
 from mend.scope.model import ScopeConfig, ScopeModel
-from mend.scope.states import TextStates, layer_states, subject_position
+from mend.scope.scores import Padded, best_token_scores
+from mend.scope.states import layer_states, subject_position
 from mend.scope.subjects import gated, subject_tokens
 
 
@@ -40,47 +41,6 @@ class ScopeExample:
     prompt: str
     subject: str | None
     rephrases: tuple[str, ...]
-
-
-@dataclass
-class Padded:
-    """Token states of several texts, padded: ``states`` (N, T, d), ``usable`` (N, T),
-    and each text's tokens (``ids``, for the subject test)."""
-
-    states: Tensor
-    usable: Tensor
-    ids: list[list[int]]
-
-    @staticmethod
-    def of(texts: Sequence[TextStates], skip_first: int, max_tokens: int = 64) -> Padded:
-        width = max(1, min(max_tokens, max((len(t.states) for t in texts), default=1)))
-        d = texts[0].states.shape[1] if texts else 1
-        states = torch.zeros(len(texts), width, d)
-        usable = torch.zeros(len(texts), width, dtype=torch.bool)
-        for i, text in enumerate(texts):
-            rows = text.states[:width]
-            states[i, : len(rows)] = rows
-            usable[i, skip_first : len(rows)] = True
-            if not usable[i].any():  # a text shorter than the skipped positions: its last token
-                usable[i, len(rows) - 1] = True
-        return Padded(states, usable, [list(t.ids) for t in texts])
-
-    def __len__(self) -> int:
-        return self.states.shape[0]
-
-    def take(self, index: Tensor) -> Padded:
-        return Padded(self.states[index], self.usable[index], [self.ids[i] for i in index.tolist()])
-
-    @staticmethod
-    def cat(sets: Sequence[Padded]) -> Padded:
-        """All texts of ``sets``, padded to the widest."""
-        width = max(p.states.shape[1] for p in sets)
-        states, usable = [], []
-        for p in sets:
-            extra = width - p.states.shape[1]
-            states.append(nn.functional.pad(p.states, (0, 0, 0, extra)))
-            usable.append(nn.functional.pad(p.usable, (0, extra)))
-        return Padded(torch.cat(states), torch.cat(usable), [ids for p in sets for ids in p.ids])
 
 
 @dataclass
@@ -124,18 +84,6 @@ def scope_data(
         out[layer] = ScopeData(keys, subjects, Padded.of(rows[len(prompts) : len(prompts) + len(rephrases)],
                                                          skip_first), owner, negative_sets)
     return out
-
-
-def best_token_scores(scope: ScopeModel, keys: Tensor, queries: Padded, chunk: int = 256) -> Tensor:
-    """``(queries, keys)``: for every query and key, the best cosine over the query's
-    usable tokens (``keys`` already embedded)."""
-    out = []
-    for start in range(0, len(queries), chunk):
-        part = queries.take(torch.arange(start, min(start + chunk, len(queries))))
-        emb = scope.embed(part.states)  # (q, T, dim)
-        sims = torch.einsum("qtd,kd->qtk", emb, keys)
-        out.append(sims.masked_fill(~part.usable.unsqueeze(-1), -2.0).amax(1))
-    return torch.cat(out) if out else torch.zeros(0, len(keys))
 
 
 def init_scope(config: ScopeConfig, data: ScopeData) -> ScopeModel:

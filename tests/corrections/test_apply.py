@@ -373,3 +373,32 @@ def test_a_scoped_run_needs_an_editor_with_a_scope_model(tmp_path):
     with pytest.raises(ValueError, match="needs a scope model"):
         apply_pending(queue, model, editor, ApplyConfig(policy=LENIENT, aggregation="scoped"))
     assert queue.counts()["pending"] == 2  # nothing lost
+
+
+def _question(cid: str, prompt: str, target: str, subject: str, minute: int) -> dict:
+    return {"id": cid, "prompt": prompt, "target": target, "subject": subject, "requested_by": "tester",
+            "requested_at": f"2026-01-01T00:{minute:02d}:00+00:00"}
+
+
+def test_a_scoped_correction_of_the_same_question_supersedes_the_active_one_and_contradicts_one_in_its_batch(tmp_path):
+    from mend.scope.scores import best_token_scores
+    from mend.scope.supersede import Questions
+
+    queue, model, editor = _scoped_setup(tmp_path)
+    designed, architect = "Who designed Toodyay Fire Station?", "Who was the architect of Toodyay Fire Station?"
+    subject = "Toodyay Fire Station"
+    # A threshold each of the two phrasings just reaches for the other's key.
+    one, other = (Questions.of(editor.scope, model, [p], [subject]) for p in (designed, architect))
+    scores = [best_token_scores(editor.scope, a.keys, b.prompts)[0, 0].item() for a, b in ((one, other), (other, one))]
+    editor.scope = editor.scope.with_threshold(min(scores) - 1e-4)
+    config = ApplyConfig(batch_size=2, policy=LENIENT, aggregation="scoped")
+    queue.submit([_question("old", designed, "Ken Duncan", subject, 0)])
+    apply_pending(queue, model, editor, config)
+    queue.submit([_question("new", architect, "Wyndham Lewis", subject, 1),
+                  _question("same-batch", designed, "Kohn Pedersen Fox", subject, 2)])
+    report = apply_pending(queue, model, editor, config)
+    assert report.applied == ["new"]
+    assert [cid for cid, _ in report.dead_lettered] == ["same-batch"]
+    assert "same question" in report.dead_lettered[0][1]
+    manifest = VersionStore(queue.store).manifest(2)
+    assert manifest["active_ids"] == ["new"] and manifest["superseded"] == ["old"]
