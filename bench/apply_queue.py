@@ -15,7 +15,11 @@ its locality probes before and after.
 ``edit_success_N`` is the token-level accuracy of every correction's target on its
 prompt with the final published version applied (rejected corrections are not in it);
 ``edit_success_computed_N`` the same accuracy with each batch's computed edit, before
-the acceptance policy, from the metrics the flow records per correction. Writes
+the acceptance policy, from the metrics the flow records per correction.
+``published_share_N`` is the share of the N corrections published;
+``published_share_consistent_N`` the same share of those that could be (one of two
+corrections of one prompt or, scoped, one question in a batch is refused as a
+contradiction: zsRE's evaluation split asks many questions twice with other targets). Writes
 ``bench/results/apply_queue.json``.
 """
 
@@ -101,6 +105,9 @@ def run(model, editor, n: int, config: ApplyConfig) -> dict:
             "edit_success_computed": sum(computed) / max(len(computed), 1),
             # Why corrections were refused, by kind (numbers stripped).
             "rejections": dict(Counter(re.sub(r"[0-9.]+", "#", reason) for _, reason in report.rejected)),
+            # Refused because another correction of the batch asks the same (prompt or question).
+            "contradictions": sum("contradicts" in reason for _, reason in report.dead_lettered),
+            "live": len(final.requests) if final is not None else 0,
         }
 
 
@@ -137,6 +144,9 @@ def main() -> None:
         results[f"edit_success_{n}"] = round(out["edit_success"], 4)
         results[f"edit_success_computed_{n}"] = round(out["edit_success_computed"], 4)
         results[f"published_share_{n}"] = round(out["applied"] / n, 4)
+        # Of the corrections that could be published at all: one of two contradicting
+        # corrections in a batch cannot.
+        results[f"published_share_consistent_{n}"] = round(out["applied"] / (n - out["contradictions"]), 4)
         results[f"details_{n}"] = out
     own = args.aggregation in (None, editor.config.aggregation)
     write_result("apply_queue" if own else f"apply_queue_{args.aggregation}", results)

@@ -8,8 +8,11 @@ each batch combined with every active correction as its aggregation combines the
         --scope runs/scope-smollm2
 
 At the end, with the final published version applied: token-level edit success and
-generalization over all corrections, ``first_100_edit_success`` over the first 100
-(the oldest, re-scored after 990 more), and locality (unchanged argmax at their
+generalization over the live corrections (those in the final version: a correction
+replaced by a newer one of the same prompt or question, or refused as contradicting one
+in its batch, is not; ``edit_success_all`` scores every queued correction),
+``first_100_edit_success`` over the live ones among the first 100 (the oldest, re-scored
+after 990 more), and locality (unchanged argmax at their
 locality answers against the unedited model). Every correction is accepted (no policy),
 to measure the editing itself. Writes ``bench/results/edits_sequential.json``, with
 ``_scale<X>`` in the name for a regulariser scale X other than 1 (the apply config's
@@ -79,17 +82,27 @@ def main() -> None:
     def accuracy(prompts, targets):
         return score_targets(model, prompts, targets).token_acc
 
-    rephrased = [(r, c["target"]) for c in corrections for r in c["rephrases"]]
+    # Live: the corrections in the final version. A correction replaced by a newer one of
+    # the same prompt or question, or refused as contradicting one in its batch, is not.
+    live_ids = {r.request_id for r in final.requests}
+    live = [c for c in corrections if c["id"] in live_ids]
+    rephrased = [(r, c["target"]) for c in live for r in c["rephrases"]]
     with final.applied(model):
-        success = by_length(accuracy, [c["prompt"] for c in corrections], [c["target"] for c in corrections])
+        every = by_length(accuracy, [c["prompt"] for c in corrections], [c["target"] for c in corrections])
         general = by_length(accuracy, [r for r, _ in rephrased], [t for _, t in rephrased]) if rephrased else []
         after = by_length(predictions, loc_prompts, loc_answers)
     locality, _ = agreement(before, after)
+    success = [a for a, c in zip(every, corrections, strict=True) if c["id"] in live_ids]
+    first = [a for a, c in zip(every[:100], corrections[:100], strict=True) if c["id"] in live_ids]
     result = {
         "edit_success": round(sum(success) / len(success), 4),
-        "first_100_edit_success": round(sum(success[:100]) / len(success[:100]), 4),
+        "first_100_edit_success": round(sum(first) / len(first), 4),
         "generalization": round(sum(general) / len(general), 4) if general else None,
         "locality": round(locality, 4),
+        "live": len(live),
+        "superseded": len(report.applied) - len(live),
+        "dead_lettered": len(report.dead_lettered),
+        "edit_success_all": round(sum(every) / len(every), 4),
         "wall_s": round(wall, 1),
         "n": args.n,
         "batch_size": args.batch_size,
