@@ -23,6 +23,9 @@ LEGACY_STORE_ENV = "MEND_STORAGE_URI"
 
 DEFAULT_STORE = "artifacts"
 
+TRANSPORT_ENV = "MEND_STORE_TRANSPORT"
+"""``obstore`` makes :func:`open_store` return the evaluated obstore backend."""
+
 
 def resolve_store_uri(explicit: str | os.PathLike[str] | None = None) -> str:
     """The artifact store to use: ``explicit`` if given, else ``$MEND_STORE``, else ``artifacts``.
@@ -77,8 +80,15 @@ def open_store(
       ``local_options`` are passed to it (``create``, ``fsync``, ...) and
       ``s3_config`` is ignored, so callers can pass both unconditionally.
 
-    Any other scheme raises :class:`InvalidStoreURIError`.
+    Any other scheme raises :class:`InvalidStoreURIError`. With ``MEND_STORE_TRANSPORT=obstore``
+    the same URIs open the evaluated obstore backend instead (:mod:`mend.storage.obstore_store`).
     """
+    if os.environ.get(TRANSPORT_ENV, "").strip() == "obstore":
+        from .obstore_store import open_obstore  # imported only when opted into
+
+        tuning = {} if s3_config is None else {"require_checksum": s3_config.require_checksum,
+                  "checksum_retries": s3_config.checksum_retries, "retry_backoff": s3_config.retry_backoff}
+        return open_obstore(uri, **({**tuning, **local_options}))
     if isinstance(uri, os.PathLike):
         return LocalStore(Path(uri), **local_options)
     if not isinstance(uri, str) or not uri:

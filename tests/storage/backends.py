@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mend.storage import ArtifactStore, LocalStore, S3Config, S3Store
+from mend.storage.obstore_store import ObstoreStore
 from tests.support.s3 import MotoS3
 
 FAST_S3 = S3Config(retry_backoff=0.01)
@@ -62,3 +63,30 @@ def s3_backend(moto: MotoS3, bucket: str, prefix: str = "team/artifacts") -> Bac
         return S3Store(bucket, prefix, config=dataclasses.replace(FAST_S3, **options))
 
     return Backend("s3", store, tamper, strip_checksum, reopen)
+
+
+def obstore_local_backend(root: Path) -> Backend:
+    """The obstore sibling on a directory: same layout (object files, JSON sidecars)."""
+    store = ObstoreStore.local(root)
+
+    def tamper(key: str, data: bytes) -> None:
+        root.joinpath(*key.split("/")).write_bytes(data)
+
+    def strip_checksum(key: str) -> None:
+        (root / ".mend-store" / "sha256" / key).unlink()
+
+    def reopen(**options: Any) -> ArtifactStore:
+        return ObstoreStore.local(root, **options)
+
+    return Backend("obstore-local", store, tamper, strip_checksum, reopen)
+
+
+def obstore_s3_backend(moto: MotoS3, bucket: str, prefix: str = "team/artifacts") -> Backend:
+    """The obstore sibling on S3: same object layout (sha256 in the user metadata)."""
+    backend = s3_backend(moto, bucket, prefix)
+    store = ObstoreStore.s3(bucket, prefix)
+
+    def reopen(**options: Any) -> ArtifactStore:
+        return ObstoreStore.s3(bucket, prefix, **options)
+
+    return Backend("obstore-s3", store, backend.tamper, backend.strip_checksum, reopen)
