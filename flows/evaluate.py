@@ -110,13 +110,16 @@ def evaluate(manifest: dict[str, Any], training: dict[str, Any], config: ConfigA
     written = write_evaluation(result, training.get("history", []), str(out_dir), training["store_uri"], run_id)
 
     rows = peval.table_rows(result["tables"])
-    table(f"evaluation-{run_id}", rows, f"single edits on {result['n_single']} held-out records")
+    held_out = f"{result['n_single']} held-out records"
+    if result["n_baseline"] < result["n_single"]:
+        held_out += f" (FT and FT+L: the first {result['n_baseline']})"
+    table(f"evaluation-{run_id}", rows, f"single edits on {held_out}")
     table(f"edit-curve-{run_id}", result["curve"], f"k simultaneous edits on {result['n_curve']} records")
     markdown(
         f"evaluation-{run_id}",
         "\n".join([
             f"# Evaluation of `{run_id}`",
-            f"{result['n_single']} held-out records; token-level metrics (higher is better).",
+            f"{held_out}; token-level metrics (higher is better).",
             "",
             md_table(rows, ["method", "edit_success", "generalization", "locality", "edit_success_em",
                             "edit_generated_em", "edit_success_pre", "seconds_per_edit"]),
@@ -130,7 +133,7 @@ def evaluate(manifest: dict[str, Any], training: dict[str, Any], config: ConfigA
     )
     return {
         "tables": result["tables"], "curve": result["curve"], "n_single": result["n_single"],
-        "n_curve": result["n_curve"], "seconds": result["seconds"], "run_id": run_id,
+        "n_baseline": result["n_baseline"], "n_curve": result["n_curve"], "seconds": result["seconds"], "run_id": run_id,
         "editor_dir": editor_dir, **written,
     }
 

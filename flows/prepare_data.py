@@ -60,7 +60,7 @@ def build_dataset(in_hash: str, store_uri: str, paths: list[str], config: dict[s
         logger().info("dataset %s already prepared in %s", in_hash, store.uri)
         return found
     validated = pdata.validate_sources([Path(p) for p in paths], cfg.data)
-    splits = pdata.split_dataset(validated.records, cfg.data)
+    splits = pdata.split_dataset(validated.records, cfg.data, validated.pins)
     manifest = pdata.write_prepared(store, in_hash, splits, validated, [s.path for s in cfg.data.sources])
     logger().info("prepared %s: %s (%d rejected of %d read)", in_hash, manifest["counts"],
                   validated.n_rejected, validated.n_read)

@@ -3,7 +3,8 @@
     cfg = PipelineConfig.from_yaml("configs/pipeline-default.yaml", {"train.max_minutes": 5})
 
 Every section has defaults, so ``PipelineConfig()`` alone is a runnable configuration
-(the bundled zsRE sample, SmolLM2-135M, a local artifact directory and MLflow store).
+(the bundled zsRE training and held-out files, SmolLM2-135M, a local artifact directory and
+MLflow store).
 """
 
 from __future__ import annotations
@@ -28,18 +29,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SplitName = Literal["train", "val", "test"]
+
+
 class SourceSpec(_Strict):
-    """One input file: a local path, ``s3://bucket/key`` or ``bundled:NAME``."""
+    """One input file: a local path, ``s3://bucket/key`` or ``bundled:NAME``.
+
+    ``split`` pins every record of the file to one split (e.g. a held-out evaluation
+    file to ``test``); unpinned files are split by ``DataSpec.splits``.
+    """
 
     path: str
     format: str = "auto"
     limit: int | None = Field(None, ge=0)
+    split: SplitName | None = Field(
+        None, description="put every record of this file in this split (None: split by data.splits)"
+    )
+
+
+def _default_sources() -> list[SourceSpec]:
+    return [SourceSpec(path="bundled:zsre_eval.json", split="test"), SourceSpec(path="bundled:zsre_train.json")]
 
 
 class DataSpec(_Strict):
-    sources: list[SourceSpec] = Field(
-        default_factory=lambda: [SourceSpec(path="bundled:zsre_sample.json")], min_length=1
-    )
+    """Input files and how they become the train/val/test splits.
+
+    Records of a pinned source (``split: test``) go to that split, and a split that a
+    pinned source fills takes no share of the unpinned records: ``splits`` is then
+    renormalised over the other splits (``{train: 0.8, val: 0.1, test: 0.1}`` with a
+    pinned test file splits the rest 8:1 into train and val). Records sharing a
+    ``group_by`` key land together: an unpinned record whose key a pinned record
+    already has follows it into the pinned split.
+    """
+
+    sources: list[SourceSpec] = Field(default_factory=_default_sources, min_length=1)
     on_error: Literal["skip", "raise"] = Field(
         "skip", description="skip (and report) malformed records, or fail on the first one"
     )
@@ -61,6 +84,22 @@ class DataSpec(_Strict):
         if abs(sum(value.values()) - 1) > 1e-9:
             raise ValueError(f"split fractions must sum to 1, got {sum(value.values())}")
         return value
+
+    @model_validator(mode="after")
+    def _unpinned_have_a_split(self) -> DataSpec:
+        if any(s.split is None for s in self.sources) and not sum(self.unpinned_fractions().values()):
+            raise ValueError("data.splits gives no share to the splits no source is pinned to")
+        return self
+
+    def pinned_splits(self) -> set[str]:
+        """The splits a source is pinned to (they take no share of the other records)."""
+        return {s.split for s in self.sources if s.split is not None}
+
+    def unpinned_fractions(self) -> dict[str, float]:
+        """``splits`` without the pinned splits, renormalised to sum to 1 (empty when nothing is left)."""
+        rest = {name: f for name, f in self.splits.items() if name not in self.pinned_splits()}
+        total = sum(rest.values())
+        return {name: f / total for name, f in rest.items()} if total > 0 else {}
 
 
 class LauncherSpec(_Strict):
@@ -148,6 +187,10 @@ class FineTuneSpec(_Strict):
 
 class EvalSpec(_Strict):
     n_records: int | None = Field(None, ge=1, description="evaluate the first N test records (None: all)")
+    baseline_records: int | None = Field(
+        None, ge=1, description="evaluate the FT and FT+L baselines on only the first N of those "
+        "records (None: all of them); fine-tuning costs seconds per edit on a CPU",
+    )
     methods: list[Literal["mend", "ft", "ft_l"]] = Field(default_factory=lambda: ["mend", "ft", "ft_l"])
     batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 2, 4, 8], description="simultaneous edits for the multi-edit curve"
@@ -246,7 +289,8 @@ class PipelineConfig(_Strict):
             **_flatten("train", self.train.train_fields()),
             "train.launcher": self.train.launcher.kind,
             **_flatten("data", self.data.model_dump(mode="json", exclude={"sources"})),
-            "data.sources": json.dumps([s.path for s in self.data.sources]),
+            "data.sources": json.dumps([s.path if s.split is None else f"{s.path} ({s.split})"
+                                        for s in self.data.sources]),
             **{f"promotion.{m}.min_delta": g.min_delta for m, g in self.promotion.metrics.items()},
             **{f"promotion.{m}.min_value": g.min_value for m, g in self.promotion.metrics.items()},
         }

@@ -75,7 +75,7 @@ def input_hash(paths: Sequence[Path], spec: DataSpec) -> str:
         "schema": PREPARE_SCHEMA,
         "settings": settings,
         "sources": [
-            {"sha256": sha256_file(p), "format": s.format, "limit": s.limit}
+            {"sha256": sha256_file(p), "format": s.format, "limit": s.limit, "split": s.split}
             for p, s in zip(paths, spec.sources, strict=True)
         ],
     }
@@ -88,6 +88,7 @@ class Validated:
     records: list[EditRecord]
     reports: list[LoadReport]
     errors: list[RecordError] = field(default_factory=list)
+    pins: list[str | None] = field(default_factory=list)  # per record: the split its source pins it to
 
     @property
     def n_read(self) -> int:
@@ -108,6 +109,7 @@ def validate_sources(paths: Sequence[Path], spec: DataSpec) -> Validated:
     records: list[EditRecord] = []
     reports: list[LoadReport] = []
     errors: list[RecordError] = []
+    pins: list[str | None] = []
     seen: dict[str, str] = {}
     for path, source in zip(paths, spec.sources, strict=True):
         loaded = load_dataset(path, source.format, on_error=spec.on_error, limit=source.limit)
@@ -126,6 +128,7 @@ def validate_sources(paths: Sequence[Path], spec: DataSpec) -> Validated:
                 continue
             seen[record.record_id] = f"{path.name}[{index}]"
             records.append(record)
+            pins.append(source.split)
     total = sum(r.n_read for r in reports)
     if not records:
         raise DataValidationError(f"no usable records in {[str(p) for p in paths]}")
@@ -135,18 +138,38 @@ def validate_sources(paths: Sequence[Path], spec: DataSpec) -> Validated:
             f"{len(errors)} of {total} records are malformed (more than "
             f"{spec.max_error_fraction:.0%}): {first}"
         )
-    return Validated(records, reports, errors)
+    return Validated(records, reports, errors, pins)
 
 
 # -- splitting ------------------------------------------------------------------------
-def split_dataset(records: Iterable[EditRecord], spec: DataSpec) -> dict[str, list[EditRecord]]:
-    """Deterministic split; records with the same ``group_by`` key land together."""
-    out: dict[str, list[EditRecord]] = {name: [] for name in spec.splits}
-    for record in records:
-        key = record.record_id
+def split_dataset(
+    records: Sequence[EditRecord], spec: DataSpec, pins: Sequence[str | None] | None = None,
+) -> dict[str, list[EditRecord]]:
+    """Deterministic split; records with the same ``group_by`` key land together.
+
+    ``pins`` (one per record, :attr:`Validated.pins`) puts a record in the split its
+    source is pinned to; the others share the splits no source is pinned to
+    (:meth:`DataSpec.unpinned_fractions`), except that a record whose key a pinned
+    record has follows that record, so no group straddles a pinned split and another.
+    """
+    pins = list(pins) if pins is not None else [None] * len(records)
+    if len(pins) != len(records):
+        raise ValueError(f"{len(pins)} pins for {len(records)} records")
+
+    def key_of(record: EditRecord) -> str:
         if spec.group_by == "subject" and record.subject:
-            key = f"subject:{record.subject}"
-        out[split_of(key, spec.splits, spec.seed)].append(record)
+            return f"subject:{record.subject}"
+        return record.record_id
+
+    pinned_keys: dict[str, str] = {}
+    for record, pin in zip(records, pins, strict=True):
+        if pin is not None:
+            pinned_keys.setdefault(key_of(record), pin)
+    fractions = spec.unpinned_fractions()
+    out: dict[str, list[EditRecord]] = {name: [] for name in spec.splits}
+    for record, pin in zip(records, pins, strict=True):
+        key = key_of(record)
+        out[pin or pinned_keys.get(key) or split_of(key, fractions, spec.seed)].append(record)
     for name in SPLITS:
         if not out[name]:
             raise DataValidationError(

@@ -55,6 +55,10 @@ def evaluate_candidate(
 ) -> dict[str, Any]:
     """Single-edit tables for ``spec.methods`` and the multi-edit curve.
 
+    MEND is evaluated on the first ``spec.n_records`` test records, the fine-tuning
+    baselines on the first ``spec.baseline_records`` of those; each table's ``n`` says
+    how many records it averages.
+
     ``progress(what, fraction)`` hears of every finished chunk; ``show_bar`` draws a
     terminal bar over every edit of every stage, which is what ends the evaluation.
     The bar gives no time estimate: the methods' costs per edit differ by orders of
@@ -64,9 +68,13 @@ def evaluate_candidate(
     progress = progress or (lambda _what, _fraction: None)
     methods = make_methods(editor, train, spec)
     single_records = list(test[: spec.n_records] if spec.n_records else test)
+    baseline_records = single_records[: spec.baseline_records] if spec.baseline_records else single_records
+    records_of = {name: single_records if name == "mend" else baseline_records for name in spec.methods}
     curve_records = list(test[: spec.batch_records] if spec.batch_records else test)
-    curve_jobs = [(m, k) for k in spec.batch_sizes for m in spec.batch_methods if not (k == 1 and m in spec.methods)]
-    total = len(spec.methods) * len(single_records) + len(curve_jobs) * len(curve_records)
+    # k=1 simultaneous edits are single edits: reused when the single-edit run covered the curve's records.
+    reused = {m for m in spec.methods if len(records_of[m]) >= len(curve_records)}
+    curve_jobs = [(m, k) for k in spec.batch_sizes for m in spec.batch_methods if not (k == 1 and m in reused)]
+    total = sum(map(len, records_of.values())) + len(curve_jobs) * len(curve_records)
     done = 0
     bar = tqdm(total=total, desc="evaluating", unit="edit", disable=not show_bar, dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} edits [{elapsed}{postfix}]")
@@ -82,9 +90,9 @@ def evaluate_candidate(
     for name in spec.methods:
         tick(f"{name} single edits", 0)
         t0 = time.perf_counter()
-        rows = _chunked(methods[name], model, single_records, mode="single", k=1, generate=spec.generate,
+        rows = _chunked(methods[name], model, records_of[name], mode="single", k=1, generate=spec.generate,
                         on_chunk=lambda n, name=name: tick(f"{name} single edits", n))
-        done += len(single_records)
+        done += len(records_of[name])
         seconds[name] = round(time.perf_counter() - t0, 1)
         rows_by_method[name] = rows
         summary = aggregate(rows)
@@ -95,8 +103,8 @@ def evaluate_candidate(
     curve: list[dict] = []
     for k in spec.batch_sizes:
         for name in spec.batch_methods:
-            if k == 1 and name in rows_by_method:
-                # k=1 simultaneous edits are single edits (same records prefix, same metrics).
+            if k == 1 and name in reused:
+                # Same records prefix, same metrics.
                 rows = rows_by_method[name][: len(curve_records)]
             else:
                 tick(f"{name} {k} simultaneous edits", 0)
@@ -111,6 +119,7 @@ def evaluate_candidate(
         "tables": tables,
         "curve": curve,
         "n_single": len(single_records),
+        "n_baseline": len(baseline_records),
         "n_curve": len(curve_records),
         "seconds": seconds,
         "rows": rows_by_method,

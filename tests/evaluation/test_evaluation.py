@@ -129,3 +129,25 @@ def test_pipeline_evaluation_reports_progress_over_every_stage(capsys):
     assert result["n_single"] == 4
     bar = capsys.readouterr().err
     assert "8/8 edits" in bar and "remaining" not in bar and "<" not in bar.split("8/8 edits")[-1]
+
+
+def test_pipeline_evaluation_runs_the_baselines_on_fewer_records():
+    from mend.pipeline.config import EvalSpec
+    from mend.pipeline.evaluation import evaluate_candidate
+
+    model = tiny_model("llama")
+    editor = Editor.for_model(model, EditorConfig(rank=8))
+    records = synthetic_records(8)
+    editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    spec = EvalSpec(n_records=4, baseline_records=2, methods=["mend", "ft"], batch_sizes=[1, 2],
+                    batch_methods=["mend", "ft"], batch_records=4, generate=False, ft={"max_steps": 2})
+    calls = []
+    result = evaluate_candidate(model, editor, synthetic_records(6, seed=2), records, spec, show_bar=False,
+                                progress=lambda what, fraction: calls.append(what))
+    assert (result["n_single"], result["n_baseline"]) == (4, 2)
+    assert (result["tables"]["mend"]["n"], result["tables"]["ft"]["n"]) == (4, 2)
+    assert len(result["rows"]["ft"]) == 2
+    # The curve's k=1 point for FT needs 4 records: run, not cut from the 2 single edits.
+    assert {(c["method"], c["k"]): c["n"] for c in result["curve"]} == {
+        ("mend", 1): 4, ("ft", 1): 4, ("mend", 2): 4, ("ft", 2): 4}
+    assert "ft 1 simultaneous edits" in calls and "mend 1 simultaneous edits" not in calls

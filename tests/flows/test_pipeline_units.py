@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import yaml
 
 from mend.data import load_dataset
 from mend.data.bundled import bundled_path
@@ -26,11 +28,19 @@ from tests.flows.helpers import tiny_config
 def test_default_config_is_valid_and_sized_for_the_main_job():
     cfg = PipelineConfig.from_yaml(DEFAULT_CONFIG)
     assert cfg.model == "smollm2-135m" and cfg.model_name == "mend-editor-smollm2-135m"
-    assert cfg.data.sources[0].path == "bundled:zsre_sample.json"
-    assert cfg.train.train_fields()["max_minutes"] <= 15
+    assert [(s.path, s.split) for s in cfg.data.sources] == [
+        ("bundled:zsre_eval.json", "test"), ("bundled:zsre_train.json", None)]
+    # The 30-minute budget holds model load, evaluation and registration besides training.
+    assert cfg.train.train_fields()["max_minutes"] <= 22
+    assert cfg.evaluation.n_records >= 100 and cfg.evaluation.baseline_records < cfg.evaluation.n_records
     assert set(cfg.promotion.metrics) == {"edit_success", "generalization", "locality"}
     train_config = cfg.train.train_config(model=cfg.model, output_dir="o", train_path="t", val_path="v")
     assert train_config.editor.down_init == "xavier"
+    # The editor recipe of the library's zsRE config (configs/zsre-smollm2.yaml).
+    library = yaml.safe_load((DEFAULT_CONFIG.resolve().parent / "zsre-smollm2.yaml").read_text())
+    assert train_config.editor.model_dump(exclude_unset=True) == library["editor"]
+    assert {k: getattr(train_config, k) for k in ("c_edit", "c_loc", "n_loc", "n_edits", "lr")} == {
+        k: library[k] for k in ("c_edit", "c_loc", "n_loc", "n_edits", "lr")}
 
 
 def test_config_rejects_typos_and_pipeline_owned_fields():
@@ -71,6 +81,24 @@ def test_bundled_sample_loads_and_reports_its_malformed_record():
         bundled_path("../../pyproject.toml")
 
 
+def test_bundled_training_and_held_out_files():
+    train = load_dataset(bundled_path("zsre_train.json"))
+    held_out = load_dataset(bundled_path("zsre_eval.json"))
+    assert train.report.n_read == 1000 and len(train.records) == 998  # two have an empty `alt` upstream
+    assert [e.index for e in train.report.errors] == [534, 723]
+    assert held_out.report.n_read == len(held_out.records) == 200
+    assert not {r.prompt for r in train.records} & {r.prompt for r in held_out.records}
+    assert sum(bundled_path(n).stat().st_size for n in ("zsre_train.json", "zsre_eval.json")) < 1_000_000
+
+
+def test_bundled_files_are_the_shared_releases(shared_data):
+    zsre = shared_data / "zsre"
+    assert json.loads(bundled_path("zsre_train.json").read_text()) == json.loads(
+        (zsre / "zsre_mend_train-1k.json").read_text())
+    assert json.loads(bundled_path("zsre_eval.json").read_text()) == json.loads(
+        (zsre / "zsre_mend_eval-dev-537.json").read_text())[:200]
+
+
 def test_bundled_sample_shares_nothing_with_the_benchmark_eval_set(shared_data):
     sample = json.loads(bundled_path("zsre_sample.json").read_text())
     evaluation = json.loads((shared_data / "zsre" / "zsre_mend_eval-dev-537.json").read_text())
@@ -82,7 +110,7 @@ def test_bundled_sample_shares_nothing_with_the_benchmark_eval_set(shared_data):
 
 
 def test_subject_split_keeps_subjects_together_and_is_deterministic():
-    spec = DataSpec()
+    spec = DataSpec(sources=[{"path": "bundled:zsre_sample.json"}])
     records = load_dataset(bundled_path("zsre_sample.json")).records
     splits = pdata.split_dataset(records, spec)
     owner: dict[str, str] = {}
@@ -94,12 +122,34 @@ def test_subject_split_keeps_subjects_together_and_is_deterministic():
     assert all(len(splits[n]) > 5 for n in ("train", "val", "test"))
 
 
+def test_a_pinned_source_fills_its_split_alone_and_pulls_its_groups(tiny_data):
+    records = load_dataset(tiny_data).records
+    held_out, rest = records[:10], records[10:]
+    # One training record about a held-out subject: it follows its subject into test.
+    rest[0] = dataclasses.replace(rest[0], subject=held_out[3].subject)
+    spec = DataSpec(sources=[{"path": "eval.json", "split": "test"}, {"path": "train.json"}],
+                    splits={"train": 0.7, "val": 0.1, "test": 0.2})
+    assert spec.unpinned_fractions() == pytest.approx({"train": 0.875, "val": 0.125})
+    splits = pdata.split_dataset(held_out + rest, spec, ["test"] * 10 + [None] * len(rest))
+    assert splits["test"] == [*held_out, rest[0]]  # file order: the pinned file first
+    assert sorted(r.record_id for r in splits["train"] + splits["val"]) == sorted(r.record_id for r in rest[1:])
+    assert splits["train"] and splits["val"]
+    # Unpinned, the same records split by the fractions (test included), as --data does.
+    unpinned = pdata.split_dataset(held_out + rest, DataSpec(sources=[{"path": "all.json"}], splits=spec.splits))
+    assert unpinned["test"] != splits["test"] and all(unpinned.values())
+    with pytest.raises(ValueError, match="no share"):
+        DataSpec(sources=[{"path": "a", "split": "test"}, {"path": "b"}], splits={"train": 0, "val": 0, "test": 1})
+    with pytest.raises(ValueError, match="pins for"):
+        pdata.split_dataset(records, spec, ["test"])
+
+
 def test_input_hash_follows_bytes_and_settings(tmp_path, tiny_data):
     spec = DataSpec(sources=[{"path": str(tiny_data)}])
     base = pdata.input_hash([tiny_data], spec)
     assert pdata.input_hash([tiny_data], spec) == base
     assert pdata.input_hash([tiny_data], DataSpec(sources=[{"path": "elsewhere"}])) == base  # content, not name
     assert pdata.input_hash([tiny_data], spec.model_copy(update={"seed": 1})) != base
+    assert pdata.input_hash([tiny_data], DataSpec(sources=[{"path": str(tiny_data), "split": "test"}])) != base
     changed = tmp_path / "changed.json"
     changed.write_text(tiny_data.read_text().replace("subject-0", "subject-zero"))
     assert pdata.input_hash([changed], spec) != base
