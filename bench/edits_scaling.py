@@ -5,6 +5,7 @@ scoped (each correction's MEND edit behind a router) aggregation.
         --ls-editor runs/bench-ls/train/best [--ks 1,10,100,1000]
     python -m bench.edits_scaling --scoped-editor runs/bench-zsre/train/best \\
         --scope runs/scope-smollm2 [--ks 1,10,100,1000] [--counterfact-ks 1,100,1000]
+    python -m bench.edits_scaling --memit --alphaedit [--baseline-ks 100,1000]
 
 Each mode given is measured; the modes not given keep their rows from the existing
 results file. For k simultaneous edits, zsRE records are edited in groups of k (the 537
@@ -15,7 +16,9 @@ metrics page). ``--counterfact-ks`` adds CounterFact rows on ``counterfact-val``
 locality is on neighbourhood prompts (same relation, another subject). Writes
 ``bench/results/edits_scaling.json`` after every (mode, k) and ``edits_scaling.png`` at
 the end; ``--resume`` keeps the entries already measured with the same editors and record
-counts (a run killed at k=1,000 loses nothing before it).
+counts (a run killed at k=1,000 loses nothing before it). ``--memit``/``--alphaedit`` add
+the subject-keyed weight-space baselines on the same records (:mod:`bench.subject_baselines`);
+``--resume`` keeps their rows measured with the same settings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import transformers  # noqa: E402
 
 from bench.common import RESULTS, SHARED_DATA, write_result  # noqa: E402
 from bench.corrections_data import zsre_records  # noqa: E402
+from bench.subject_baselines import BASELINE_MODES, add_arguments, chosen_configs, measure  # noqa: E402
 from mend import EditableModel, Editor  # noqa: E402
 from mend.data.counterfact import load_counterfact_flat  # noqa: E402
 from mend.evaluation import MendMethod, evaluate  # noqa: E402
@@ -69,6 +73,7 @@ def main() -> None:
     parser.add_argument("--counterfact-ks", default="", help="also CounterFact (counterfact-val) at these k")
     parser.add_argument("--max-records", type=int, help="cap the records evaluated per k (quick runs; at least k)")
     parser.add_argument("--resume", action="store_true", help="keep entries already measured with these editors")
+    add_arguments(parser)
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     ks = [int(k) for k in args.ks.split(",") if k]
@@ -83,6 +88,22 @@ def main() -> None:
         if path and not (args.resume and old.get("editors", {}).get(mode) == path):
             results[mode] = {}
             results["counterfact"].pop(mode, None)
+    baselines = chosen_configs(args)
+    settings = {**old.get("baselines", {}), **{m: c.model_dump() for m, c in baselines.items()}}
+    for mode in BASELINE_MODES:
+        results[mode] = old.get(mode, {})
+        if mode in baselines and not (args.resume and old.get("baselines", {}).get(mode) == settings[mode]):
+            results[mode] = {}
+    # A run of the baselines alone keeps the MEND modes' run settings as they were.
+    mend_run = any(given.values())
+    run = {"scope": args.scope, "ks": ks, "counterfact_ks": cf_ks, "max_records": args.max_records} if mend_run \
+        else {key: old.get(key) for key in ("scope", "ks", "counterfact_ks", "max_records")}
+    baseline_meta = old.get("baseline_costs", {})
+
+    def save() -> None:
+        write_result("edits_scaling", {**results, "editors": editors, **run, "baselines": settings,
+                                       "baseline_costs": baseline_meta})
+
     base = EditableModel.load("smollm2-135m")
     for mode, path in given.items():
         if not path:
@@ -115,12 +136,20 @@ def main() -> None:
                 report = evaluate(method, model, records, mode="batch", k=k, generate=False)
                 rows[str(k)] = _summary(report, HELDOUT_ZSRE if suite == "zsre" else None)
                 print(suite, mode, k, rows[str(k)], flush=True)
-                write_result("edits_scaling", {**results, "editors": editors, "scope": args.scope,
-                                               "ks": ks, "counterfact_ks": cf_ks, "max_records": args.max_records})
+                save()
+
+    def zsre_for(k: int) -> list:
+        wanted = RECORDS_FOR_K.get(k, k)
+        return zsre_records(max(min(wanted, args.max_records) if args.max_records else wanted, k))
+
+    if baselines:
+        measure(args, base, baselines, results, zsre_for, lambda report: _summary(report, HELDOUT_ZSRE), save,
+                SHARED_DATA, baseline_meta)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key in zip(axes, KEYS, strict=True):
-        for mode, style in (("sum", "o-"), ("least_squares", "s-"), ("scoped", "^-")):
+        for mode, style in (("sum", "o-"), ("least_squares", "s-"), ("scoped", "^-"), ("memit", "d--"),
+                            ("alphaedit", "v--")):
             xs = sorted(int(k) for k in results[mode])
             ax.plot(xs, [results[mode][str(k)][key] for k in xs], style, label=mode)
         ax.set_xscale("log")
@@ -129,7 +158,7 @@ def main() -> None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("SmolLM2-135M, zsRE: summed, least-squares and scoped aggregation")
+    fig.suptitle("SmolLM2-135M, zsRE: summed, least-squares and scoped MEND; MEMIT and AlphaEdit")
     fig.tight_layout()
     fig.savefig(RESULTS / "edits_scaling.png", dpi=120)
 

@@ -76,15 +76,20 @@ def train(
 def evaluate_cmd(
     data: Path = typer.Option(..., exists=True, help="records to edit (any supported format)"),
     editor: Path = typer.Option(None, help="editor directory (for --method mend)"),
-    method: str = typer.Option("mend", help="mend | ft | ft_l"),
+    method: str = typer.Option("mend", help="mend | ft | ft_l | memit | alphaedit"),
     model: str = typer.Option(None, help="base model (default: the editor's)"),
     mode: str = typer.Option("single", help="single | batch | sequential"),
     k: int = typer.Option(1, help="edits per group for batch/sequential"),
     limit: int = typer.Option(None, help="evaluate the first N records"),
     locality_pool: Path = typer.Option(None, help="records whose locality probes FT+L may use"),
     out: Path = typer.Option(Path("runs/eval"), help="where the JSON/JSONL results go"),
+    covariance_data: list[Path] = typer.Option(
+        None, exists=True, help="memit/alphaedit: generic text for the keys' covariance (e.g. a WikiBio file; repeat)"),
+    value_cache: Path = typer.Option(None, help="memit/alphaedit: keep the facts' values in this safetensors file"),
+    set_: list[str] = typer.Option(
+        None, "--set", help="memit/alphaedit settings, key=value (e.g. lam=3000, layers=[4,5,6], values.steps=10)"),
 ) -> None:
-    """Evaluate MEND or a fine-tuning baseline on a dataset."""
+    """Evaluate MEND or a baseline (fine-tuning, MEMIT, AlphaEdit) on a dataset."""
     from mend.data import load_dataset
     from mend.editor.editor import Editor
     from mend.evaluation import FineTuneMethod, MendMethod, evaluate
@@ -107,6 +112,13 @@ def evaluate_cmd(
                 raise typer.BadParameter("--method ft_l needs --locality-pool")
             pool = [p for r in load_dataset(locality_pool).records for p in r.locality]
         edit_method = FineTuneMethod(c_loc=1.0 if method == "ft_l" else 0.0, locality_pool=pool, name=method)
+    elif method in ("memit", "alphaedit"):
+        from mend.baselines.factory import baseline_method
+
+        try:
+            edit_method = baseline_method(method, covariance_data or [], _parse_overrides(set_ or []), value_cache)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
     else:
         raise typer.BadParameter(f"unknown method {method!r}")
     report = evaluate(edit_method, lm, records, mode=mode, k=k)

@@ -1,0 +1,30 @@
+"""Facts with subjects and measurements for the MEMIT/AlphaEdit tests."""
+
+import torch
+
+from mend.data.records import EditRecord, LocalityProbe
+from mend.models.tasks import per_example_nll
+
+FACTS = [
+    ("The capital of France is", "Rome", "France"),
+    ("The mother tongue of Danielle is", "English", "Danielle"),
+]
+
+
+def facts() -> list[EditRecord]:
+    """Two facts the tiny tokenizer can spell, each with its subject in the prompt."""
+    return [EditRecord(record_id=f"fact-{i}", prompt=p, target=t, subject=s,
+                       rephrases=(f"What is {p.split(' is')[0].lower()}?",),
+                       locality=(LocalityProbe("Water boils at", "100 degrees"),))
+            for i, (p, t, s) in enumerate(FACTS)]
+
+
+def target_nll(model, records) -> torch.Tensor:
+    """Each record's mean NLL of its target after its prompt (teacher-forced)."""
+    batch = model.task.batch([r.prompt for r in records], [r.target for r in records])
+    with torch.no_grad():
+        return per_example_nll(model.task.logits(model.model, batch), batch.scored_labels)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.model.named_parameters()}
