@@ -226,6 +226,33 @@ def edits_scaling() -> str:
                                              "--scoped-editor ... --scope ...")
 
 
+def subject_baselines() -> str:
+    """MEMIT and AlphaEdit rows of edits_scaling (same records and scoring as MEND's)."""
+    d = load("edits_scaling")
+    label = {"memit": "MEMIT", "alphaedit": "AlphaEdit"}
+    rows = [[label[mode], count(int(k)), count(row["n_records"]), triple(row), seconds(row["wall_s"]),
+             seconds(row.get("values_s"))]
+            for mode in label for k, row in sorted(d.get(mode, {}).items(), key=lambda item: int(item[0]))]
+    header = ["method", "simultaneous edits", "records", "edit / gen / loc", "wall s", "of which values s"]
+    text = markdown(header, rows or [["-"] * len(header)])
+    settings = d.get("baselines", {})
+    notes = []
+    if "memit" in settings:
+        m = settings["memit"]
+        notes.append(f"MEMIT: blocks {m['layers']}, lambda {m['lam']:g}")
+    if "alphaedit" in settings:
+        a = settings["alphaedit"]
+        notes.append(f"AlphaEdit: blocks {a['layers']}, null-space threshold {a['nullspace_threshold']:g}, "
+                     f"l2 {a['l2']:g}")
+    costs = d.get("baseline_costs", {})
+    if "values_s_per_fact" in costs:
+        notes.append(f"values optimised at {seconds(costs['values_s_per_fact'])} s per fact, computed once and "
+                     "shared by both methods (AlphaEdit's rows reuse MEMIT's)")
+    if notes:
+        text += "\n\n" + "; ".join(notes) + "."
+    return text + source("edits_scaling", d, "python -m bench.edits_scaling --memit --alphaedit")
+
+
 def router() -> str:
     d = load("router")
     header = ["stored corrections", "recall zsRE", "recall CounterFact", "recall all", "own first",
@@ -372,6 +399,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "main_job_methods": main_job_methods,
     "main_job_curve": main_job_curve,
     "edits_scaling": edits_scaling,
+    "subject_baselines": subject_baselines,
     "edits_tradeoff": edits_tradeoff,
     "router": router,
     "edits_sequential": edits_sequential,
