@@ -79,7 +79,6 @@ def main() -> None:
         "evaluation": tables,
         "multi_edit_curve": summary["evaluation"]["curve"],
         "n_eval_records": summary["evaluation"]["n_single"],
-        "n_baseline_records": summary["evaluation"].get("n_baseline"),
         "training": summary["training"],
         "dataset": summary["dataset"],
     })

@@ -30,8 +30,9 @@ def test_default_config_is_valid_and_sized_for_the_main_job():
     assert cfg.model == "smollm2-135m" and cfg.model_name == "mend-editor-smollm2-135m"
     assert [(s.path, s.split) for s in cfg.data.sources] == [
         ("bundled:zsre_eval.json", "test"), ("bundled:zsre_train.json", None)]
-    # The 30-minute budget holds model load, evaluation and registration besides training.
-    assert cfg.train.train_fields()["max_minutes"] <= 22
+    # The 30-minute budget holds model load, evaluation and registration besides training: with
+    # 22 minutes of training bench/main_job.py measured 32 on a 2-core CPU.
+    assert cfg.train.train_fields()["max_minutes"] <= 17
     assert cfg.evaluation.n_records >= 100 and cfg.evaluation.baseline_records < cfg.evaluation.n_records
     assert set(cfg.promotion.metrics) == {"edit_success", "generalization", "locality"}
     train_config = cfg.train.train_config(model=cfg.model, output_dir="o", train_path="t", val_path="v")
