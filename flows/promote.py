@@ -24,6 +24,7 @@ from flows.common import (
     md_table,
     table,
 )
+from mend.models.fingerprints import same_weights
 from mend.pipeline.promotion import Decision, decide
 
 
@@ -45,7 +46,8 @@ def gate(config: dict[str, Any], model_name: str, version: str) -> dict[str, Any
     same_base = True
     if champion is not None:
         champion_metrics = reg.gate_metrics(client, champion, spec.method, spec.metrics)
-        same_base = champion.tags.get("base_model.fingerprint") == candidate.tags.get("base_model.fingerprint")
+        same_base = same_weights(*({"weights_fingerprint": v.tags.get("base_model.weights_fingerprint"),
+                                     "fingerprint": v.tags.get("base_model.fingerprint")} for v in (champion, candidate)))
     decision = decide(candidate_metrics, spec, champion_metrics,
                       champion_version=str(champion.version) if champion else None, same_base_model=same_base)
     reg.apply_decision(client, model_name, str(version), decision)

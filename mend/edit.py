@@ -26,6 +26,7 @@ from mend.aggregations import Change, SummedChange, change_class
 from mend.aggregations.base import refuse_solved
 from mend.deltas import LowRankDelta, add_to_weights
 from mend.models.editable import EditableModel
+from mend.models.fingerprints import same_weights
 from mend.models.targets import Layout
 
 # 2: least-squares regularisers are relative to the keys' energy and carry a key
@@ -33,6 +34,12 @@ from mend.models.targets import Layout
 # Summed edits are unchanged since 1.
 EDIT_FORMAT = "mend-edit/3"
 READABLE_FORMATS = {"mend-edit/1", "mend-edit/2", EDIT_FORMAT}
+
+
+def key_precond_file(meta: dict) -> dict | None:
+    """``{"file", "sha256"}`` of the key-preconditioner file an ``edit.json`` points to, if any
+    (:mod:`mend.aggregations.least_squares`; edits written before call it ``"penalty"``)."""
+    return meta.get("key_precond", meta.get("penalty"))
 
 
 State = Literal["detached", "applied", "merged"]
@@ -174,7 +181,7 @@ class Edit:
         if not edits:
             raise ValueError("nothing to concatenate")
         base = edits[0].base_model
-        if any(e.base_model.get("fingerprint") != base.get("fingerprint") for e in edits):
+        if not all(same_weights(e.base_model, base) for e in edits):
             raise ValueError("edits were made for different base models")
         if len({e.aggregation for e in edits}) > 1:
             raise ValueError(f"cannot combine edits of different aggregations: {sorted({e.aggregation for e in edits})}")

@@ -57,11 +57,6 @@ from mend.storage.checksum import sha256_file
 PRECOND_FILE = "key_precond.safetensors"
 
 
-def key_precond_file(meta: dict) -> dict | None:
-    """``{"file", "sha256"}`` of the key-preconditioner file an ``edit.json`` points to, if any."""
-    return meta.get("key_precond", meta.get("penalty"))  # "penalty": edits written before
-
-
 @dataclass(frozen=True)
 class NormalEquations:
     """``U^T U`` and ``U^T D`` of some key rows, in double precision.
@@ -295,7 +290,7 @@ class LeastSquaresChange(Change):
                 f"{directory} is a mend-edit/1 least-squares edit, solved with an absolute regulariser: "
                 "compute it again with its editor"
             )
-        precond = read_key_preconds(directory, key_precond_file(meta), cache)
+        precond = read_key_preconds(directory, meta.get("key_precond", meta.get("penalty")), cache)
         return cls({
             name: KeyShifts(tensors[f"{name}.keys"], tensors[f"{name}.shifts"], tensors[f"{name}.key_example"],
                             torch.tensor(lam), precond.get(name))

@@ -31,9 +31,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mend.aggregations.least_squares import key_precond_file
 from mend.corrections.schema import now
-from mend.edit import Edit
+from mend.edit import Edit, key_precond_file
 from mend.storage import ArtifactNotFoundError, ArtifactStore
 
 MANIFEST_FORMAT = "mend-corrected-model/1"
@@ -127,12 +126,18 @@ class VersionStore:
                     self.store.delete(key)
         return pruned
 
-    def export_adapter(self, version: int, directory: str | Path) -> Path:
+    def export_adapter(self, version: int, directory: str | Path, routed: bool = False) -> Path:
         """Write version ``version``'s full edit as a PEFT adapter to ``directory``,
-        rebuilt from its active deltas (a pruned version's too)."""
+        rebuilt from its active deltas (a pruned version's too). ``routed``: a scoped
+        version as one adapter per correction plus the router that picks them per
+        request (:mod:`mend.export.routed_peft`)."""
         edit = self.load_edit(self.active(version))
         if edit is None:
             raise ValueError(f"version {version} has no active corrections, so no adapter")
+        if routed:
+            from mend.export.routed_peft import save_routed_adapters
+
+            return save_routed_adapters(edit, directory)
         return edit.to_peft(directory, edit.base_model.get("name"))
 
     def added_by(self, entry: ActiveEntry) -> int:

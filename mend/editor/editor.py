@@ -20,6 +20,7 @@ from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
 from mend.models.editable import EditableModel
+from mend.models.fingerprints import recorded_fingerprint
 from mend.models.targets import EditTarget
 from mend.scope.model import ScopeModel
 
@@ -352,12 +353,12 @@ class Editor(nn.Module):
                 f"editor built for {self.base_model.get('name', '?')!r} does not fit model "
                 f"{model.name!r}: " + "; ".join(problems)
             )
-        expected = self.base_model.get("fingerprint")
-        if strict and expected and expected != model.fingerprint():
+        if strict and not model.matches(self.base_model):
+            recorded = recorded_fingerprint(self.base_model)
             raise IncompatibleModelError(
                 f"editor was trained on base model {self.base_model.get('name')!r} (fingerprint "
-                f"{expected}); this model {model.name!r} has fingerprint {model.fingerprint()}. "
-                "Its weights differ. Pass strict=False to use the editor anyway."
+                f"{recorded}); this model {model.name!r} has weights fingerprint "
+                f"{model.weights_fingerprint()}. Its weights differ. Pass strict=False to use the editor anyway."
             )
 
     # -- persistence ------------------------------------------------------------------
@@ -409,5 +410,7 @@ def base_model_info(model: EditableModel) -> dict:
         "source": model.source,
         "kind": model.kind,
         "model_type": model.model.config.model_type,
-        "fingerprint": model.fingerprint(),
+        "weights_fingerprint": model.weights_fingerprint(),
+        # The target-set fingerprint records carried before; kept so they still compare.
+        "fingerprint": model.targets_fingerprint(),
     }

@@ -94,11 +94,42 @@ class EditableModel:
         }
 
     @torch.no_grad()
-    def fingerprint(self) -> str:
-        """A short hash of the architecture and of the edited weights' values.
+    def weights_fingerprint(self) -> str:
+        """A short hash of the model's weights alone: the model type and every parameter's
+        name, shape, first values and sum.
 
-        It tells two checkpoints of the same architecture apart (e.g. a base model and
-        its fine-tune) without hashing the whole model.
+        The same checkpoint gives the same fingerprint whichever matrices it is loaded to
+        edit; a fine-tune of it gives another. Editors and edits record it as
+        ``weights_fingerprint`` (:func:`mend.models.fingerprints.same_weights` compares two records).
+        """
+        params = list(self.model.named_parameters())
+        # Every edit checks it: kept on the module (shared by retargeted wrappers) until a
+        # parameter is replaced or changed in place (its version counter moves). ZeRO-3
+        # shards change behind their placeholders, so those are hashed every time.
+        state = None if any(hasattr(w, "ds_id") for _, w in params) else \
+            tuple((w.data_ptr(), w._version, tuple(w.shape)) for _, w in params)
+        kept = getattr(self.model, "_mend_weights_fingerprint", None)
+        if state is not None and kept is not None and kept[0] == state:
+            return kept[1]
+        digest = hashlib.sha256(self.model.config.model_type.encode())
+        for name, weight in params:
+            with gathered([weight]):  # one at a time: ZeRO-3 shards stay small
+                digest.update(f"{name}:{list(weight.shape)}".encode())
+                digest.update(weight.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+                digest.update(repr(round(weight.detach().float().sum().item(), 3)).encode())
+        fingerprint = digest.hexdigest()[:16]
+        if state is not None:
+            self.model._mend_weights_fingerprint = (state, fingerprint)
+        return fingerprint
+
+    @torch.no_grad()
+    def targets_fingerprint(self) -> str:
+        """A short hash of the architecture, the edited matrices and their weights: it
+        changes with the target set as well as with the weights.
+
+        What editors and edits recorded as ``fingerprint`` before
+        :meth:`weights_fingerprint`; still written beside it and compared when an older
+        record has nothing else.
         """
         digest = hashlib.sha256(json.dumps(self.architecture(), sort_keys=True).encode())
         weights = [self.model.get_submodule(t.module_name).weight for t in self.targets]
@@ -108,6 +139,20 @@ class EditableModel:
                 digest.update(sample.numpy().tobytes())
                 digest.update(repr(round(weight.detach().float().sum().item(), 3)).encode())
         return digest.hexdigest()[:16]
+
+    # The target-set fingerprint under its former name, for callers not yet renamed.
+    fingerprint = targets_fingerprint
+
+    def matches(self, recorded: dict) -> bool:
+        """Whether this model has the weights a ``base_model`` record (of an editor or an
+        edit) was made on: by weights fingerprint, or for older records by their
+        target-set fingerprint (:mod:`mend.models.fingerprints`); True when the record
+        has neither."""
+        if recorded.get("weights_fingerprint"):
+            return recorded["weights_fingerprint"] == self.weights_fingerprint()
+        if recorded.get("fingerprint"):
+            return recorded["fingerprint"] == self.targets_fingerprint()
+        return True
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:

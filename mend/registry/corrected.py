@@ -8,7 +8,7 @@ one version of the registered model ``mend-corrected-<model>``, whose alias
     corrections.active    corrections.aggregation   corrections.regulariser_scale
     corrections.passes
     editor.model_name     editor.version      editor.run_id
-    base_model.name       base_model.fingerprint
+    base_model.name       base_model.weights_fingerprint   base_model.fingerprint
 
 and its manifest (every correction id with its metrics) as a run artifact. Registration
 is idempotent and catches up: :func:`sync_corrected_versions` registers every published
@@ -119,6 +119,7 @@ def register_corrected_version(
         "corrections.aggregation": str(manifest.get("aggregation", "sum")),
         "base_model.name": str(manifest.get("base_model", {}).get("name", "")),
         "base_model.fingerprint": str(manifest.get("base_model", {}).get("fingerprint", "")),
+        "base_model.weights_fingerprint": str(manifest.get("base_model", {}).get("weights_fingerprint", "")),
     }
     if "regulariser_scale" in manifest:  # least squares: the scale this version was solved with
         tags["corrections.regulariser_scale"] = str(manifest["regulariser_scale"])

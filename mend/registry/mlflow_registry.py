@@ -3,7 +3,8 @@
 One registered model per base model (``mend-editor-<model>`` by default). Every
 version carries tags a team filters on::
 
-    base_model.fingerprint  base_model.name  base_model.source   editor.aggregation
+    base_model.weights_fingerprint   base_model.fingerprint (target set too: older records)
+    base_model.name         base_model.source    editor.aggregation
     dataset.hash            dataset.input_hash   code.version   train.config_hash
     promotion.decision      promotion.reason     promotion.compared_to   (set by promote)
 
@@ -135,6 +136,7 @@ def log_candidate(
     base = editor_meta.get("base_model", {})
     tags = {
         "base_model.fingerprint": base.get("fingerprint", ""),
+        "base_model.weights_fingerprint": base.get("weights_fingerprint", ""),
         "base_model.name": base.get("name", ""),
         "base_model.source": base_model,
         "dataset.hash": manifest["dataset_hash"],

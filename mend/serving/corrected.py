@@ -36,6 +36,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import mend
+from mend.models.fingerprints import recorded_fingerprint
 from mend.serving.pyfunc import ANSWER, pip_requirements
 
 
@@ -61,11 +62,11 @@ class CorrectedModel(mlflow.pyfunc.PythonModel):
         patterns = [re.escape(n) for n in sorted(edit.modules)] if edit is not None else None
         self.model = EditableModel.load(base, dtype=config.get("dtype", "float32"), patterns=patterns)
         if edit is not None:
-            expected = edit.base_model.get("fingerprint")
-            if expected and expected != self.model.fingerprint():
+            if not self.model.matches(edit.base_model):
+                expected = recorded_fingerprint(edit.base_model)
                 raise ValueError(
                     f"the corrections were computed on base model {edit.base_model.get('name')!r} "
-                    f"(fingerprint {expected}); {base!r} has fingerprint {self.model.fingerprint()}"
+                    f"(fingerprint {expected}); {base!r} has weights fingerprint {self.model.weights_fingerprint()}"
                 )
             edit.serve(self.model)
         self.n_corrections = len(edit.requests) if edit is not None else 0
