@@ -38,7 +38,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mend flows tests bench
+	$(VENV)/bin/ruff check mend flows tests bench tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

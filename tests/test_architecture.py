@@ -1,5 +1,6 @@
-"""Dependencies point one way: ``flows -> mend``, ``bench -> mend``, ``tests -> mend``
-(``bench`` and ``tests`` never import each other).
+"""Dependencies point one way: ``flows -> mend``, ``bench -> mend``, ``tests -> mend``,
+``tools -> flows/mend`` (``bench``, ``tests`` and ``tools`` never import each other, except
+that tests test the tools).
 
 The import graph is read from the source with :mod:`ast` (nothing is imported, so no
 torch): every ``import`` and ``from ... import`` anywhere in a module counts, including
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mend", "flows", "bench", "tests")
+PACKAGES = ("mend", "flows", "bench", "tests", "tools")
 
 
 def module_name(path: Path) -> str:
@@ -141,6 +142,10 @@ def test_no_import_cycles():
     ("tests", "bench"),  # and the tests test the library: what a bench needs tested lives there
     ("flows", "tests"),
     ("flows", "bench"),
+    ("mend", "tools"),   # tools/ are a checkout's developer tools, used by nothing shipped
+    ("flows", "tools"),
+    ("tools", "tests"),
+    ("tools", "bench"),
 ])
 def test_dependencies_point_one_way(source, forbidden):
     wrong = sorted(
