@@ -208,6 +208,13 @@ def edits_scaling() -> str:
     editors = "; ".join(f"{kind}: {editor_label(p)}" for kind, p in d["editors"].items())
     text = markdown(header, rows) + f"\n\nEditors: {editors}."
     scoped = d.get("scoped", {})
+    superseded = [[count(k), count(scoped[str(k)]["n_records"]), count(scoped[str(k)]["superseded"]),
+                   metric(scoped[str(k)]["edit_success_all"])] for k in d["ks"] if "superseded" in scoped.get(str(k), {})]
+    if superseded:
+        text += ("\n\nScoped groups keep the newest correction of each question (see Scoped corrections): the "
+                 "scoped columns score the live ones. Superseded records, and edit success over every record "
+                 "against its own target:\n\n" + markdown(["simultaneous edits", "records", "superseded",
+                                                            "edit success, all records"], superseded))
     held = [[count(k), count(scoped[str(k)]["heldout"]["n_records"]), triple(scoped[str(k)]["heldout"])]
             for k in d["ks"] if "heldout" in scoped.get(str(k), {})]
     if held:
@@ -253,6 +260,14 @@ def subject_baselines() -> str:
     return text + source("edits_scaling", d, "python -m bench.edits_scaling --memit --alphaedit")
 
 
+def routing_overhead() -> str:
+    d = load("routing_overhead")
+    rows = [[count(d["corrections"]), f"{d['batch']} x {count(d['prompts'] // d['batch'])}",
+             f"{d['base_forward_s']:.3f}", f"{d['routed_forward_s']:.3f}", f"{d['ratio']:.3f}"]]
+    header = ["stored corrections", "prompts (batch x batches)", "base forward s", "routed forward s", "ratio"]
+    return markdown(header, rows) + source("routing_overhead", d, d["command"])
+
+
 def router() -> str:
     d = load("router")
     header = ["stored corrections", "recall zsRE", "recall CounterFact", "recall all", "own first",
@@ -286,10 +301,12 @@ def edits_sequential() -> str:
                   key=lambda sr: (sr[1]["regulariser_scale"], sr[1]["passes"]))
     if not runs:
         raise BenchError("no bench/results/edits_sequential*.json")
-    rows = [[f"`{stem}.json`", f"{r['regulariser_scale']:g}", str(r["passes"]),
-             f"{count(r['n'])} in batches of {r['batch_size']}", metric(r["edit_success"]),
+    rows = [[f"`{stem}.json`", r.get("aggregation", "-"), f"{r['regulariser_scale']:g}", str(r["passes"]),
+             f"{count(r['n'])} in batches of {r['batch_size']}", count(r["live"]) if "live" in r else "-",
+             metric(r["edit_success"]), metric(r["first_100_edit_success"]) if "first_100_edit_success" in r else "-",
              metric(r["locality"]), seconds(r["wall_s"])] for stem, r in runs]
-    header = ["file", "regulariser scale", "capture passes", "corrections", "edit success", "locality", "wall s"]
+    header = ["file", "aggregation", "regulariser scale", "capture passes", "corrections", "live at the end",
+              "edit success", "first 100", "locality", "wall s"]
     return markdown(header, rows) + source(
         "edits_sequential*", runs[0][1],
         "python -m bench.edits_sequential --editor runs/bench-ls2/train/best [--regulariser-scale X] [--passes N]")
@@ -341,22 +358,26 @@ REJECTIONS = [("edit success", "missed the exact target"), ("locality", "localit
               ("batch changed the regression probes", "batch moved the regression probes")]
 
 
-def apply_queue() -> str:
-    d = load("apply_queue")
-    sizes = sorted(int(k.removeprefix("details_")) for k in d if k.startswith("details_"))
-    rows = []
-    for n in sizes:
-        r = d[f"details_{n}"]
-        why = ", ".join(f"{label} {sum(v for k, v in r['rejections'].items() if k.startswith(prefix))}"
-                        for prefix, label in REJECTIONS)
-        rows.append([count(n), seconds(r["wall_s"]), f"{d[f'ratio_{n}']:.2f}x",
-                     f"{d[f'ratio_all_passes_{n}']:.2f}x", metric(r["edit_success_computed"]),
-                     count(r["applied"]), f"{count(r['rejected'])} ({why})", str(r["versions"])])
-    header = ["corrections", "wall s", "vs one forward+backward each", "vs all judging passes",
-              "computed edits' edit success", "published", "rejected", "versions"]
-    note = f"\n\nBatches of {d['batch_size']}, {d['aggregation']} editor `{editor_name(d['editor'])}`."
-    return markdown(header, rows) + note + source(
-        "apply_queue", d, "python -m bench.apply_queue --editor ... --sizes ... --batch-size ...")
+def apply_queue_table(stem: str) -> Callable[[], str]:
+    def render() -> str:
+        d = load(stem)
+        sizes = sorted(int(k.removeprefix("details_")) for k in d if k.startswith("details_"))
+        rows = []
+        for n in sizes:
+            r = d[f"details_{n}"]
+            why = ", ".join(f"{label} {sum(v for k, v in r['rejections'].items() if k.startswith(prefix))}"
+                            for prefix, label in REJECTIONS)
+            rows.append([count(n), seconds(r["wall_s"]), f"{d[f'ratio_{n}']:.2f}x",
+                         f"{d[f'ratio_all_passes_{n}']:.2f}x", metric(r["edit_success_computed"]),
+                         count(r["applied"]), f"{count(r['rejected'])} ({why})",
+                         count(r["contradictions"]) if "contradictions" in r else "-", str(r["versions"])])
+        header = ["corrections", "wall s", "vs one forward+backward each", "vs all judging passes",
+                  "computed edits' edit success", "published", "rejected", "contradictions", "versions"]
+        note = f"\n\nBatches of {d['batch_size']}, {d['aggregation']} edits, editor `{editor_name(d['editor'])}`."
+        return markdown(header, rows) + note + source(
+            stem, d, "python -m bench.apply_queue --editor ... [--aggregation ...] --sizes ... --batch-size ...")
+
+    return render
 
 
 def edit_latency() -> str:
@@ -402,12 +423,14 @@ TABLES: dict[str, Callable[[], str]] = {
     "subject_baselines": subject_baselines,
     "edits_tradeoff": edits_tradeoff,
     "router": router,
+    "routing_overhead": routing_overhead,
     "edits_sequential": edits_sequential,
     "key_room": key_room,
     "edits_ceiling_ideal": edits_ceiling_ideal,
     "edits_ceiling_direct": edits_ceiling_direct,
     "ls_step_scaling": ls_step_scaling,
-    "apply_queue": apply_queue,
+    "apply_queue": apply_queue_table("apply_queue"),
+    "apply_queue_scoped": apply_queue_table("apply_queue_scoped"),
     "edit_latency": edit_latency,
     "train_step": train_step,
     "zero_scaling": zero_scaling,

@@ -327,6 +327,7 @@ def show(
 def adapter(
     version: int = typer.Argument(..., help="published version"),
     out: Path = typer.Option(..., help="directory to write the PEFT adapter to"),
+    routed: bool = typer.Option(False, help="scoped versions: one adapter per correction plus the router index"),
     store: str = StoreOption,
     prefix: str = PrefixOption,
     debug: bool = DebugOption,
@@ -338,7 +339,10 @@ def adapter(
     versions = VersionStore(queue.store, queue.prefix)
     if version not in versions.versions():
         raise BadInput(f"version {version} is not published")
-    versions.export_adapter(version, out)
+    try:
+        versions.export_adapter(version, out, routed=routed)
+    except ValueError as error:  # e.g. --routed on a version that is not scoped
+        raise BadInput(str(error)) from error
     console.print(Text(f"adapter of version {version} written to {visible(str(out))}"))
 
 

@@ -50,6 +50,41 @@ class Routing:
     scores: Tensor  # (B, n_requests) best-token cosine per correction that passes (else -2)
 
 
+@torch.no_grad()
+def route(
+    scope: ScopeModel,
+    queries: Tensor,
+    usable: Tensor,
+    sequences: list[list[int]],
+    keys: Tensor,
+    key_owner: Tensor,
+    subjects: Tensor,
+    n_requests: int,
+) -> Routing:
+    """The routing rule: which of ``n_requests`` corrections each sequence switches on.
+
+    ``queries`` (B, T, dim) are the sequences' embedded token states and ``usable``
+    (B, T) the positions that may match; ``sequences`` their prompt tokens (for the
+    subject test); ``keys`` (m, dim) the stored keys, ``key_owner`` (m,) the request of
+    each and ``subjects`` their subjects' spellings. Used in the forward pass and by
+    adapter routers in front of multi-LoRA servers (:mod:`mend.export.routed_peft`)."""
+    config = scope.config
+    b = queries.shape[0]
+    sims = queries @ keys.to(queries.device).T  # (B, T, m)
+    sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
+    passing = gated(sims, sequences, subjects, config.threshold, config.subject_threshold)
+    scores = torch.full((b, n_requests), -2.0, device=sims.device)
+    owner = key_owner.to(sims.device).expand(b, -1)
+    scores = scores.scatter_reduce(1, owner, sims.masked_fill(~passing, -2.0), reduce="amax")
+    active = []
+    for row in scores:
+        hits = (row > -2.0).nonzero().flatten()
+        if len(hits) > config.max_active:
+            hits = hits[row[hits].topk(config.max_active).indices]
+        active.append(hits[row[hits].argsort(descending=True)].cpu())  # the best first
+    return Routing(active, scores)
+
+
 class RoutedChanges:
     """The scoped changes hooked into one model, and the hooks that route them."""
 
@@ -171,22 +206,10 @@ class RoutedChanges:
         usable = real & (position >= config.skip_first)
         window = real if prompt_mask is None else real & prompt_mask.to(real.device).bool()
         usable &= window
-        queries = scope.embed(hidden)  # (B, T, dim)
-        sims = queries @ index.keys.to(queries.device).T  # (B, T, m)
-        sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
         sequences = [row[keep].tolist() for row, keep in zip(input_ids, window, strict=True)] \
             if input_ids is not None else [[] for _ in range(b)]
-        passing = gated(sims, sequences, index.subjects, config.threshold, config.subject_threshold)
-        scores = torch.full((b, index.n_requests), -2.0, device=sims.device)
-        owner = index.key_owner.to(sims.device).expand(b, -1)
-        scores = scores.scatter_reduce(1, owner, sims.masked_fill(~passing, -2.0), reduce="amax")
-        active = []
-        for row in scores:
-            hits = (row > -2.0).nonzero().flatten()
-            if len(hits) > config.max_active:
-                hits = hits[row[hits].topk(config.max_active).indices]
-            active.append(hits.cpu())
-        return Routing(active, scores)
+        return route(scope, scope.embed(hidden), usable, sequences, index.keys, index.key_owner, index.subjects,
+                     index.n_requests)
 
     def _gather(self, active: list[Tensor], batch: int) -> dict[str, tuple[Tensor, Tensor]]:
         """Per module, the switched-on rows of each sequence, zero-padded to one width."""

@@ -364,6 +364,15 @@ def test_scoped_corrections_are_published_routed_and_roll_back_exactly(tmp_path)
     assert dropped not in [r.request_id for r in after.requests] and len(after.change.keys) == 4
     kept = [i for i, r in enumerate(full.requests) if r.request_id != dropped]
     assert torch.equal(after.change.keys, full.change.keys[kept])
+    # For multi-LoRA servers: one adapter per active correction and the router picking them.
+    from mend.export.routed_peft import AdapterRouter
+
+    versions.export_adapter(version, tmp_path / "routed", routed=True)
+    router = AdapterRouter.load(tmp_path / "routed")
+    assert len(router.adapters) == 4 and len(list((tmp_path / "routed" / "adapters").iterdir())) == 4
+    picked = router.pick(model, [items[0]["prompt"], unrelated[0][0]])
+    assert picked[0] == [router.adapters[[r.request_id for r in after.requests].index(items[0]["id"])]]
+    assert picked[1] == []
 
 
 def test_a_scoped_run_needs_an_editor_with_a_scope_model(tmp_path):
