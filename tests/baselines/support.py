@@ -7,6 +7,8 @@ from mend.models.tasks import per_example_nll
 
 # The subject ends each prompt, so the value written at its last token feeds the first
 # target token directly: a 4-block random model carries little from one token to another.
+# Its states are tiny (norm well under 1), so the tests drop MEMIT's weight decay, which is
+# relative to the state's squared norm and would hold every value at the unedited state.
 FACTS = [
     ("The capital of France", "Rome", "France"),
     ("The mother tongue of Danielle", "English", "Danielle"),

@@ -14,7 +14,7 @@ from mend.baselines.keys import output_projection
 from tests.baselines.support import facts, target_nll, weights
 from tests.support.tiny_models import tiny_model
 
-VALUES = ValueConfig(steps=20, lr=0.5, clamp_norm_factor=4.0)
+VALUES = ValueConfig(steps=20, lr=0.5, clamp_norm_factor=4.0, weight_decay=0.0)
 
 
 def _threshold_and_kept(model, moments, protected=8):

@@ -12,7 +12,7 @@ from mend.evaluation import evaluate
 from tests.baselines.support import facts, target_nll, weights
 from tests.support.tiny_models import tiny_model
 
-CONFIG = MemitConfig(layers=[1, 2], lam=1.0, values=ValueConfig(steps=20, lr=0.5, clamp_norm_factor=4.0))
+CONFIG = MemitConfig(layers=[1, 2], lam=1.0, values=ValueConfig(steps=20, lr=0.5, clamp_norm_factor=4.0, weight_decay=0.0))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
