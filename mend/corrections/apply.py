@@ -224,8 +224,8 @@ class ApplyRun:
     def _one_per_question(self, batch: list[Correction]) -> list[Correction]:
         """``batch`` less the corrections asking a question an earlier one of the batch
         asks: dead-lettered as contradictions, like two of the same prompt (scoped runs)."""
-        scope = self.editor.scope
-        if (self.config.aggregation or self.editor.config.aggregation) != "scoped" or scope is None or len(batch) < 2:
+        scope = self.editor.scope_for(self.config.aggregation)
+        if scope is None or len(batch) < 2:
             return batch
         questions = Questions.of(scope, self.model, [c.prompt for c in batch], [c.subject for c in batch])
         same = same_question(scope, questions, questions.keys, questions.subjects)

@@ -110,6 +110,11 @@ class Editor(nn.Module):
             model = model.retargeted(config.patterns)
         return cls(config, model.targets, base_model_info(model))
 
+    def scope_for(self, aggregation: str | None) -> ScopeModel | None:
+        """The scope model an edit under ``aggregation`` (None: the editor's own) routes
+        by, or None when that edit is not scoped or no scope model is attached."""
+        return self.scope if (aggregation or self.config.aggregation) == "scoped" else None
+
     def attach_scope(self, scope: ScopeModel) -> Editor:
         """Edit ``scoped`` from now on, ``scope`` deciding which requests each correction
         applies to (:mod:`mend.aggregations.scoped`); saved with the editor."""

@@ -57,9 +57,10 @@ class MendMethod:
 
     def apply(self, model, records):
         superseded: dict[str, str] = {}
-        if (self.aggregation or self.editor.config.aggregation) == "scoped" and self.editor.scope is not None:
-            questions = Questions.of(self.editor.scope, model, [r.prompt for r in records], [r.subject for r in records])
-            newer = superseded_within(self.editor.scope, questions)
+        scope = self.editor.scope_for(self.aggregation)
+        if scope is not None:
+            questions = Questions.of(scope, model, [r.prompt for r in records], [r.subject for r in records])
+            newer = superseded_within(scope, questions)
             superseded = {r.record_id: records[n].record_id for r, n in zip(records, newer, strict=True) if n is not None}
             records = [r for r, n in zip(records, newer, strict=True) if n is None]
         edit = self.editor.edit(
