@@ -48,7 +48,7 @@ from torch import Tensor
 from mend.aggregations.base import Change, FactorChange, factors_from, refuse_solved
 from mend.capture import Factors
 from mend.deltas import LowRankDelta
-from mend.storage.checksum import sha256_file
+from mend.storage import sha256_file
 
 # The editor's key preconditioners P = M^-1, the largest file of an edit and the same for
 # every edit of one editor: kept apart so that a store can hold it once, by its hash.

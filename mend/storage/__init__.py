@@ -15,7 +15,7 @@ Every object's sha256 is recorded on write and verified on read.
 """
 
 from .base import ArtifactInfo, ArtifactStore
-from .checksum import sha256_bytes, sha256_file
+from .checks import sha256_bytes, sha256_file, validate_key, validate_prefix
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,
@@ -26,7 +26,6 @@ from .errors import (
     UntrustedObjectError,
 )
 from .factory import STORE_ENV, open_store, resolve_store_uri
-from .keys import validate_key, validate_prefix
 from .local import LocalStore
 from .s3 import S3Config, S3Store
 

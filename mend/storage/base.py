@@ -7,7 +7,7 @@ top of them. All methods are safe to call from several threads at once.
 Contract shared by every backend (the test suite in ``tests/storage`` runs the
 same behaviour tests against each one):
 
-* Keys follow :mod:`mend.storage.keys`; an invalid key raises
+* Keys follow :mod:`mend.storage.checks`; an invalid key raises
   :class:`~mend.storage.errors.InvalidKeyError` before anything is touched.
 * Every object's sha256 is recorded when it is written and verified on every
   read (``get_bytes``, ``get_file``, ``get_json``, ``download_dir``). A
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .keys import join_key, validate_key, validate_prefix
+from .checks import join_key, validate_key, validate_prefix
 
 Bytes = bytes | bytearray | memoryview
 """Accepted types for in-memory payloads."""

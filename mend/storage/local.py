@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checksum import CHUNK_SIZE, sha256_bytes
+from .checks import CHUNK_SIZE, RESERVED_SEGMENT, sha256_bytes, validate_key, validate_prefix
 from .errors import (
     ArtifactNotFoundError,
     ChecksumMismatchError,
@@ -54,7 +54,6 @@ from .errors import (
     StorageError,
     UntrustedObjectError,
 )
-from .keys import RESERVED_SEGMENT, validate_key, validate_prefix
 
 _LOCK_STRIPES = 256
 _REPLACE_ATTEMPTS = 8

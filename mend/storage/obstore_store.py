@@ -37,9 +37,8 @@ from obstore.store import LocalStore as ObLocalStore
 from obstore.store import S3Store as ObS3Store
 
 from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checksum import sha256_bytes, sha256_file
+from .checks import RESERVED_SEGMENT, sha256_bytes, sha256_file, validate_key, validate_prefix
 from .errors import ArtifactNotFoundError, ChecksumMismatchError, InvalidKeyError
-from .keys import RESERVED_SEGMENT, validate_key, validate_prefix
 from .local import new_file
 
 SHA256_METADATA = "sha256"

@@ -45,7 +45,7 @@ from botocore.config import Config as BotoConfig
 from s3transfer.exceptions import RetriesExceededError
 
 from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checksum import sha256_bytes, sha256_file
+from .checks import sha256_bytes, sha256_file, validate_key, validate_prefix
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,
@@ -54,7 +54,6 @@ from .errors import (
     InvalidStoreURIError,
     StorageError,
 )
-from .keys import validate_key, validate_prefix
 from .local import new_file
 
 MiB = 1024 * 1024

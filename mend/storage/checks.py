@@ -1,6 +1,7 @@
-"""Artifact key rules shared by every backend.
+"""What every artifact store backend checks: a key's form before anything is touched,
+and an object's sha256, recorded on write and verified on read.
 
-A key is a ``/``-separated relative name such as ``datasets/zsre/train.jsonl``.
+Keys. A key is a ``/``-separated relative name such as ``datasets/zsre/train.jsonl``.
 Keys are validated, never silently normalised, so a given artifact has exactly
 one spelling and the same keys work on the local and the S3 backend:
 
@@ -15,9 +16,17 @@ A *prefix* (for :meth:`ArtifactStore.list`) is a plain string prefix, as in S3:
 ``"runs"`` matches both. Every segment before its last ``/`` must follow the
 key rules; the part after it is a partial name (no backslash or control
 characters, like everywhere else).
+
+Checksums are hex sha256 digests of an object's bytes (:func:`sha256_bytes`,
+:func:`sha256_file`); how a backend records them is its own business (a sidecar file,
+object metadata).
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+from typing import BinaryIO
 
 from .errors import InvalidKeyError
 
@@ -82,3 +91,26 @@ def join_key(prefix: str, relative: str) -> str:
     """Join a directory-like ``prefix`` (with or without trailing ``/``) and a relative key."""
     prefix = prefix.rstrip("/")
     return f"{prefix}/{relative}" if prefix else relative
+
+
+CHUNK_SIZE = 1024 * 1024
+"""Read size used when hashing or copying files."""
+
+
+def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
+    """Hex sha256 of an in-memory buffer."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of everything left in a binary stream."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's contents, read in chunks."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
