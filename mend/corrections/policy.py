@@ -8,8 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mend.corrections.schema import Correction
 from mend.data.records import LocalityProbe
-from mend.evaluation.scoring import agreement, answer_predictions, by_length, score_targets
+from mend.evaluation.scoring import agreement, answer_predictions, score_targets
 from mend.models.editable import EditableModel
+
+CHUNK = 64
+"""Most prompts the policy scores in one forward pass (grouped by length)."""
 
 # Prompts every corrected model must keep answering as before (overridable).
 DEFAULT_REGRESSION_PROBES: tuple[LocalityProbe, ...] = (
@@ -47,21 +50,17 @@ def _locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list
     return prompts, answers, owner
 
 
-def _predictions(model: EditableModel, prompts: list[str], answers: list[str]):
-    return by_length(lambda p, a: answer_predictions(model, p, a), prompts, answers)
-
-
 class PreState:
     """Predictions of the model before a batch is edited in (for locality checks)."""
 
     def __init__(self, model: EditableModel, corrections: Sequence[Correction], probes: Sequence[LocalityProbe]):
         prompts, answers, self.owner = _locality_inputs(corrections)
-        self.locality = _predictions(model, prompts, answers)
-        self.regression = _predictions(model, [p.prompt for p in probes], [p.answer for p in probes])
+        self.locality = answer_predictions(model, prompts, answers, CHUNK)
+        self.regression = answer_predictions(model, [p.prompt for p in probes], [p.answer for p in probes], CHUNK)
 
 
 def correction_metrics(
-    model: EditableModel, corrections: Sequence[Correction], pre: PreState, chunk: int = 64
+    model: EditableModel, corrections: Sequence[Correction], pre: PreState, chunk: int = CHUNK
 ) -> dict[str, dict]:
     """Per correction, with the batch's edit applied: success, generalisation, locality.
 
@@ -75,12 +74,8 @@ def correction_metrics(
             targets.append(c.target)
             owner.append(i)
             is_prompt.append(text is c.prompt)
-
-    def scored(prompts: list[str], answers: list[str]) -> list[tuple[float, bool]]:
-        scores = score_targets(model, prompts, answers)
-        return list(zip(scores.token_acc, scores.exact, strict=True))
-
-    acc, exact = zip(*by_length(scored, texts, targets, chunk), strict=True) if texts else ((), ())
+    scores = score_targets(model, texts, targets, chunk)
+    acc, exact = scores.token_acc, scores.exact
     out = {c.id: {} for c in corrections}
     rephrase_acc: dict[int, list[float]] = {}
     for k, i in enumerate(owner):
@@ -91,7 +86,7 @@ def correction_metrics(
     for i, values in rephrase_acc.items():
         out[corrections[i].id]["generalization"] = sum(values) / len(values)
     prompts, answers, loc_owner = _locality_inputs(corrections)
-    post = _predictions(model, prompts, answers)
+    post = answer_predictions(model, prompts, answers, chunk)
     per_owner: dict[int, tuple[list, list]] = {}
     for k, i in enumerate(loc_owner):
         before, after = per_owner.setdefault(i, ([], []))

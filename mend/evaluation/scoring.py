@@ -50,9 +50,26 @@ class TargetScores:
     nll: list[float]
 
 
+def score_targets(
+    model: EditableModel, prompts: Sequence[str], targets: Sequence[str], chunk: int | None = None
+) -> TargetScores:
+    """Teacher-forced accuracy, exact match and mean NLL of ``targets`` after ``prompts``.
+
+    With ``chunk``, scored :func:`by_length` in batches of at most ``chunk``; one batch without.
+    """
+    if chunk is None:
+        return _score_batch(model, prompts, targets)
+
+    def rows(p: list[str], t: list[str]) -> list[tuple[float, bool, float]]:
+        scores = _score_batch(model, p, t)
+        return list(zip(scores.token_acc, scores.exact, scores.nll, strict=True))
+
+    columns = list(zip(*by_length(rows, prompts, targets, chunk), strict=True)) or [(), (), ()]
+    return TargetScores(*(list(column) for column in columns))
+
+
 @torch.no_grad()
-def score_targets(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetScores:
-    """Teacher-forced accuracy, exact match and mean NLL of ``targets`` after ``prompts``."""
+def _score_batch(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetScores:
     batch = model.task.batch(list(prompts), list(targets)).to(model.device)
     logits = model.task.logits(model.model, batch)
     labels = batch.scored_labels
@@ -66,9 +83,20 @@ def score_targets(model: EditableModel, prompts: Sequence[str], targets: Sequenc
     )
 
 
+def answer_predictions(
+    model: EditableModel, prompts: Sequence[str], answers: Sequence[str], chunk: int | None = None
+) -> list[Tensor]:
+    """The argmax tokens at each answer position (teacher-forced), one tensor per probe.
+
+    With ``chunk``, predicted :func:`by_length` in batches of at most ``chunk``; one batch without.
+    """
+    if chunk is None:
+        return _predict_batch(model, prompts, answers)
+    return by_length(lambda p, a: _predict_batch(model, p, a), prompts, answers, chunk)
+
+
 @torch.no_grad()
-def answer_predictions(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Tensor]:
-    """The argmax tokens at each answer position (teacher-forced), one tensor per probe."""
+def _predict_batch(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Tensor]:
     batch = model.task.batch(list(prompts), list(answers)).to(model.device)
     logits = model.task.logits(model.model, batch)
     labels = batch.scored_labels
