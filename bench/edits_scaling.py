@@ -19,6 +19,11 @@ the end; ``--resume`` keeps the entries already measured with the same editors a
 counts (a run killed at k=1,000 loses nothing before it). ``--memit``/``--alphaedit`` add
 the subject-keyed weight-space baselines on the same records (:mod:`bench.subject_baselines`);
 ``--resume`` keeps their rows measured with the same settings.
+
+Scoped edits write each correction at the strongest of ``--strengths`` that still lands
+(:mod:`mend.scope.strength`); rows measured with other strengths than the product's
+default go under ``scoped_strengths_<s1>_<s2>...`` (``--strengths 1``: every edit as the
+editor makes it).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from mend.data.counterfact import load_counterfact_flat  # noqa: E402
 from mend.evaluation import MendMethod, evaluate  # noqa: E402
 from mend.evaluation.runner import aggregate  # noqa: E402
 from mend.scope import ScopeModel  # noqa: E402
+from mend.scope.strength import DEFAULT_STRENGTHS  # noqa: E402
 
 # Records evaluated per k: enough groups to average over, within a CPU budget.
 RECORDS_FOR_K = {1: 200, 10: 200, 100: 300, 1000: 1000}
@@ -73,16 +79,21 @@ def main() -> None:
     parser.add_argument("--counterfact-ks", default="", help="also CounterFact (counterfact-val) at these k")
     parser.add_argument("--max-records", type=int, help="cap the records evaluated per k (quick runs; at least k)")
     parser.add_argument("--resume", action="store_true", help="keep entries already measured with these editors")
+    parser.add_argument("--strengths", default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
+                        help="scoped edits: the strengths each correction may take (mend.scope.strength)")
     add_arguments(parser)
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     ks = [int(k) for k in args.ks.split(",") if k]
     cf_ks = [int(k) for k in args.counterfact_ks.split(",") if k]
-    given = {"sum": args.sum_editor, "least_squares": args.ls_editor, "scoped": args.scoped_editor}
+    strengths = tuple(float(s) for s in args.strengths.split(","))
+    scoped = "scoped" if strengths == DEFAULT_STRENGTHS else "scoped_strengths_" + "_".join(f"{s:g}" for s in strengths)
+    given = {"sum": args.sum_editor, "least_squares": args.ls_editor, scoped: args.scoped_editor}
     previous = RESULTS / "edits_scaling.json"
     old = json.loads(previous.read_text()) if previous.exists() else {}
     editors = {**old.get("editors", {}), **{m: p for m, p in given.items() if p}}
-    results: dict[str, dict] = {mode: old.get(mode, {}) for mode in MODES}
+    modes = [*MODES, *(key for key in old if key.startswith("scoped_strengths_")), scoped]
+    results: dict[str, dict] = {mode: old.get(mode, {}) for mode in dict.fromkeys(modes)}
     results["counterfact"] = old.get("counterfact", {})
     for mode, path in given.items():
         if path and not (args.resume and old.get("editors", {}).get(mode) == path):
@@ -110,14 +121,15 @@ def main() -> None:
             continue
         editor = Editor.load(path).eval()
         model = base.retargeted(editor.config.patterns)
-        if mode == "scoped":
+        if mode.startswith("scoped"):
             if args.scope:
                 editor.scope = ScopeModel.load(args.scope)
             if editor.config.aggregation != "sum" or editor.scope is None:
                 raise SystemExit(f"{path}: scoped edits need a summed editor and a scope model (--scope)")
         elif editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
-        method = MendMethod(editor, aggregation=mode)
+        method = MendMethod(editor, aggregation="scoped", strengths=strengths) if mode == scoped \
+            else MendMethod(editor, aggregation=mode)
         suites = [("zsre", ks, results[mode])]
         if cf_ks:
             suites.append(("counterfact", cf_ks, results["counterfact"].setdefault(mode, {})))
@@ -148,9 +160,9 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key in zip(axes, KEYS, strict=True):
-        for mode, style in (("sum", "o-"), ("least_squares", "s-"), ("scoped", "^-"), ("memit", "d--"),
-                            ("alphaedit", "v--")):
-            xs = sorted(int(k) for k in results[mode])
+        for mode, style in (("sum", "o-"), ("least_squares", "s-"), ("scoped_strengths_1", "^:"), ("scoped", "^-"),
+                            ("memit", "d--"), ("alphaedit", "v--")):
+            xs = sorted(int(k) for k in results.get(mode, {}))
             ax.plot(xs, [results[mode][str(k)][key] for k in xs], style, label=mode)
         ax.set_xscale("log")
         ax.set_xlabel("simultaneous edits")

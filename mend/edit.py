@@ -214,6 +214,14 @@ class Edit:
         change = self.change.select(remap)
         return self._with(change, [self.requests[i] for i in index.tolist()])
 
+    def scaled(self, strengths: Sequence[float] | torch.Tensor) -> Edit:
+        """Each request's change times its strength (routed changes only: summed into one
+        change, a stronger request would move every input the others are asked on)."""
+        scaled = getattr(self.change, "scaled", None)
+        if scaled is None:
+            raise ValueError(f"a {self.aggregation} edit cannot scale its requests apart: only routed (scoped) edits can")
+        return self._with(scaled(torch.as_tensor(strengths, dtype=torch.float32)))
+
     def dense(self) -> dict[str, torch.Tensor]:
         """Dense weight changes per module, in each module's weight layout."""
         return {n: d.detach().dense(self.layouts[n]) for n, d in self.deltas.items()}

@@ -197,8 +197,9 @@ def main_job_curve() -> str:
 
 def edits_scaling() -> str:
     d = load("edits_scaling")
-    modes = [m for m in ("sum", "least_squares", "scoped") if d.get(m)]
-    label = {"sum": "summed", "least_squares": "least squares", "scoped": "scoped"}
+    modes = [m for m in ("sum", "least_squares", "scoped_strengths_1", "scoped") if d.get(m)]
+    label = {"sum": "summed", "least_squares": "least squares", "scoped_strengths_1": "scoped, strength 1",
+             "scoped": "scoped"}
     rows = []
     for k in d["ks"]:
         row = [count(k), count(d[modes[0]][str(k)]["n_records"])]
@@ -207,7 +208,7 @@ def edits_scaling() -> str:
     header = ["simultaneous edits", "records"] + [f"{label[m]}: edit / gen / loc" for m in modes]
     editors = "; ".join(f"{kind}: {editor_label(p)}" for kind, p in d["editors"].items())
     text = markdown(header, rows) + f"\n\nEditors: {editors}."
-    scoped = d.get("scoped", {})
+    scoped = d.get("scoped") or d.get("scoped_strengths_1", {})
     superseded = [[count(k), count(scoped[str(k)]["n_records"]), count(scoped[str(k)]["superseded"]),
                    metric(scoped[str(k)]["edit_success_all"])] for k in d["ks"] if "superseded" in scoped.get(str(k), {})]
     if superseded:

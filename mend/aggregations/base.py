@@ -177,6 +177,11 @@ def select_rows(deltas: dict[str, LowRankDelta], remap: Tensor) -> dict[str, Low
     return out
 
 
+def scale_rows(deltas: dict[str, LowRankDelta], factors: Tensor) -> dict[str, LowRankDelta]:
+    """Each request's rows times ``factors[request]`` (its change scaled, the others untouched)."""
+    return {n: LowRankDelta(d.u, d.v * factors.to(d.v)[d.example].unsqueeze(1), d.example) for n, d in deltas.items()}
+
+
 def shift_rows(deltas: dict[str, LowRankDelta], offset: int) -> dict[str, LowRankDelta]:
     return {n: LowRankDelta(d.u, d.v, d.example + offset) for n, d in deltas.items()}
 

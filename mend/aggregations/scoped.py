@@ -21,6 +21,7 @@ from mend.aggregations.base import (
     FactorChange,
     cat_rows,
     factors_from,
+    scale_rows,
     select_rows,
     shift_rows,
 )
@@ -84,6 +85,15 @@ class ScopedChange(FactorChange):
         keep = remap[self.key_request] >= 0
         return ScopedChange(select_rows(self._deltas, remap), self.keys[keep], remap[self.key_request[keep]],
                             int((remap >= 0).sum()), self.scope, self.subjects[keep])
+
+    def scaled(self, factors: Tensor) -> ScopedChange:
+        """Each request's change times ``factors[request]`` (its strength; see
+        :mod:`mend.scope.strength`): requests are switched on apart, so one's strength
+        leaves what the others do unchanged."""
+        if factors.shape != (self.n_requests,):
+            raise ValueError(f"{tuple(factors.shape)} strengths for {self.n_requests} requests")
+        return ScopedChange(scale_rows(self._deltas, factors), self.keys, self.key_request, self.n_requests,
+                            self.scope, self.subjects)
 
     def shifted(self, offset: int) -> ScopedChange:
         return ScopedChange(shift_rows(self._deltas, offset), self.keys, self.key_request + offset,

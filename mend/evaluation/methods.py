@@ -13,6 +13,7 @@ from mend.data.records import EditRecord, LocalityProbe
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
+from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
 from mend.scope.supersede import Questions, superseded_within
 from mend.training.losses import kl_on_scored
 
@@ -48,12 +49,14 @@ class Superseding:
 class MendMethod:
     """A meta-trained (or identity) MEND editor; ``passes`` and ``aggregation`` (None: the
     editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits; a
-    scoped group keeps the newest correction of each question (as the queue does)."""
+    scoped group keeps the newest correction of each question and writes each at the
+    strongest of ``strengths`` that still lands (as the queue does; :mod:`mend.scope.strength`)."""
 
     editor: Editor
     name: str = "mend"
     passes: int = 1
     aggregation: str | None = None
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
 
     def apply(self, model, records):
         superseded: dict[str, str] = {}
@@ -67,7 +70,10 @@ class MendMethod:
             model, [r.prompt for r in records], [r.target for r in records],
             [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,
             subjects=[r.subject for r in records],
-        ).apply()
+        )
+        if scope is not None:
+            edit = strongest_landing(edit, self.strengths).edit
+        edit.apply()
         return Superseding(edit, superseded) if superseded else edit
 
 
