@@ -18,16 +18,19 @@ would replace the product without changing anything else.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mend.deltas import LowRankDelta
+from mend.models.editable import EditableModel
 from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
 from mend.scope.model import ScopeModel
-from mend.scope.states import block_output, decoder_blocks
+from mend.scope.states import StopForward, block_output, decoder_blocks
 from mend.scope.subjects import cat_padded, gated
 
 
@@ -242,3 +245,31 @@ class RoutedChanges:
             return output + torch.bmm(torch.bmm(x, us.to(x.dtype).transpose(1, 2)), vs.to(x.dtype))
 
         return hook
+
+
+@torch.no_grad()
+def switching_on(model: EditableModel, prompts: Sequence[str], answers: Sequence[str], chunk: int = 64) -> Tensor:
+    """``(n,)`` bool: whether scoring ``answers`` after ``prompts`` (teacher-forced, as
+    :mod:`mend.evaluation.scoring` does) switches on any scoped correction hooked into
+    ``model``. An input that switches none on is computed exactly as without them, so
+    whoever compares outputs with and without some corrections need only run the inputs
+    that switch those on. The forward passes stop at the scope block: the decision is
+    made there, from the same tokens and prompt positions as in scoring."""
+    routed = model.model.__dict__.get(RoutedChanges._ATTR)
+    out = torch.zeros(len(prompts), dtype=torch.bool)
+    if routed is None or not routed.changes:
+        return out
+
+    def stop(module, args, output):  # registered after the routing hook, so it runs after it
+        raise StopForward
+
+    handle = decoder_blocks(model.model)[routed.scope.config.layer].register_forward_hook(stop)
+    try:
+        for start in range(0, len(prompts), chunk):
+            batch = model.task.batch(list(prompts[start : start + chunk]), list(answers[start : start + chunk]))
+            with contextlib.suppress(StopForward):
+                model.task.logits(model.model, batch.to(model.device))
+            out[start : start + len(batch.labels)] = torch.tensor([len(a) > 0 for a in routed.last.active])
+    finally:
+        handle.remove()
+    return out

@@ -33,8 +33,9 @@ def block_output(output) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class _Reached(Exception):
-    """Raised by the hook on the routing block: nothing above it needs to run."""
+class StopForward(Exception):
+    """Raised by a hook on the routing block when nothing above it needs to run (the
+    caller suppresses it around the forward pass)."""
 
 
 @dataclass
@@ -66,7 +67,7 @@ def layer_states(
         def hook(module, args, output):
             captured[layer] = block_output(output).detach()
             if layer == top:
-                raise _Reached
+                raise StopForward
 
         return hook
 
@@ -80,7 +81,7 @@ def layer_states(
             mask = enc["attention_mask"].bool()
             ids = enc["input_ids"].clone()
             captured.clear()
-            with contextlib.suppress(_Reached):
+            with contextlib.suppress(StopForward):
                 model.model(**enc.to(model.device), use_cache=False)
             for layer in out:
                 states = captured[layer].float().cpu()

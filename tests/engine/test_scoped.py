@@ -9,6 +9,7 @@ from mend import Edit, Editor, EditorConfig
 from mend.aggregations import ScopedChange, SummedChange
 from mend.models.prompt_window import prompt_window
 from mend.scope import RoutedChanges, ScopeConfig, ScopeModel
+from mend.scope.routing import switching_on
 from tests.support.tiny_models import tiny_model
 
 PROMPTS = ["The capital of France is", "Who wrote Hamlet?"]
@@ -59,6 +60,22 @@ def test_each_sequence_gets_only_the_change_of_its_own_scope_and_the_rest_is_the
         assert not torch.allclose(routed[i, :width], base[i, :width], atol=1e-4)
     assert torch.equal(routed[2], base[2])  # exactly the base model: nothing was added
     assert torch.equal(_logits(model, prompts, targets), base)  # removed: exactly the original
+
+
+def test_switching_on_tells_which_scored_inputs_any_hooked_correction_changes():
+    model = tiny_model("llama")
+    _, edit = _scoped_edit(model)
+    prompts, targets = [UNRELATED, PROMPTS[1], PROMPTS[0]], ["hot", TARGETS[1], TARGETS[0]]
+    assert switching_on(model, prompts, targets).tolist() == [False, False, False]  # nothing hooked
+    base = _logits(model, prompts, targets)
+    with edit.applied(model):
+        on = switching_on(model, prompts, targets, chunk=2)  # decided chunk by chunk, like scoring
+        routed = _logits(model, prompts, targets)
+    assert on.tolist() == [False, True, True]
+    changed = [not torch.equal(routed[i], base[i]) for i in range(3)]
+    assert changed == on.tolist()  # exactly the inputs whose outputs the edit changes
+    with edit.select([1]).applied(model):
+        assert switching_on(model, prompts, targets).tolist() == [False, True, False]
 
 
 def test_generation_keeps_the_decision_made_on_the_prompt():
