@@ -109,6 +109,9 @@ def main() -> None:
     mend_run = any(given.values())
     run = {"scope": args.scope, "ks": ks, "counterfact_ks": cf_ks, "max_records": args.max_records} if mend_run \
         else {key: old.get(key) for key in ("scope", "ks", "counterfact_ks", "max_records")}
+    if mend_run and args.resume:  # a run of some k adds to the rows kept, so the table lists them all
+        run["ks"] = sorted({*ks, *old.get("ks", [])})
+        run["counterfact_ks"] = sorted({*cf_ks, *old.get("counterfact_ks", [])})
     baseline_meta = old.get("baseline_costs", {})
 
     def save() -> None:
