@@ -12,8 +12,8 @@ every correction, so ``ratio_all_passes_N`` divides by the unbatched passes that
 too: the forward+backward, a forward of its prompt and rephrases with the edit, and of
 its locality probes before and after.
 
-``edit_success_N`` is the token-level accuracy of every correction's target on its
-prompt with the final published version applied (rejected corrections are not in it);
+``edit_success_N`` is the token-level accuracy of every live correction's target on its
+prompt with the final published version applied (refused and superseded ones are not in it);
 ``edit_success_computed_N`` the same accuracy with each batch's computed edit, before
 the acceptance policy, from the metrics the flow records per correction.
 ``published_share_N`` is the share of the N corrections published;
@@ -84,24 +84,19 @@ def run(model, editor, n: int, config: ApplyConfig) -> dict:
         ]
         versions = VersionStore(queue.store)
         final = versions.load_edit(versions.active(versions.latest())) if versions.latest() else None
+        live_ids = {r.request_id for r in final.requests} if final is not None else set()
+        live = [c for c in corrections if c["id"] in live_ids]
         success = []
-        chunk = 64
         if final is not None:
-            final.apply(model)
-        try:
-            for start in range(0, n, chunk):
-                part = corrections[start : start + chunk]
-                success += score_targets(model, [c["prompt"] for c in part], [c["target"] for c in part]).token_acc
-        finally:
-            if final is not None:
-                final.remove()
+            with final.applied(model):
+                success = score_targets(model, [c["prompt"] for c in live], [c["target"] for c in live], 64).token_acc
         return {
             "wall_s": report.seconds,
             "applied": len(report.applied),
             "rejected": len(report.rejected),
             "dead_lettered": len(report.dead_lettered),
             "versions": len(report.versions),
-            "edit_success": sum(success) / len(success),
+            "edit_success": sum(success) / max(len(success), 1),
             "edit_success_computed": sum(computed) / max(len(computed), 1),
             # Why corrections were refused, by kind (numbers stripped).
             "rejections": dict(Counter(re.sub(r"[0-9.]+", "#", reason) for _, reason in report.rejected)),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mend.corrections.active import ActiveSet
@@ -28,6 +29,7 @@ from mend.corrections.policy import (
     AcceptancePolicy,
     PreState,
     correction_metrics,
+    locality_inputs,
     regression_agreement,
     verdict,
 )
@@ -38,6 +40,8 @@ from mend.data.records import LocalityProbe
 from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
+from mend.scope.routing import switching_on
+from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
 from mend.scope.supersede import Questions, same_question
 
 
@@ -63,6 +67,12 @@ class ApplyConfig(BaseModel):
         None,
         description="how corrections combine: None for the editor's own; scoped needs an editor with a scope "
         "model and keeps each correction's edit apart, switched on only for requests in its scope",
+    )
+    strengths: tuple[float, ...] = Field(
+        DEFAULT_STRENGTHS,
+        min_length=1,
+        description="scoped runs: each correction is written at the largest of these strengths at which its "
+        "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) as the editor makes it",
     )
     keep_adapters: int | None = Field(
         None,
@@ -171,6 +181,7 @@ class ApplyRun:
         self.log = log
         self.versions = VersionStore(queue.store, queue.prefix)
         self.report = ApplyReport()
+        self._asked: tuple[str, list[str], Questions] | None = None  # the latest batch's questions
 
     def run(self) -> ApplyReport:
         config = self.config
@@ -216,10 +227,21 @@ class ApplyRun:
         change = active.change if active is not None else None
         if not corrections or not getattr(change, "routed", False) or not len(change.keys):
             return set()
-        questions = Questions.of(change.scope, self.model, [c.prompt for c in corrections],
-                                 [c.subject for c in corrections])
+        questions = self._questions(change.scope, corrections)
         same = same_question(change.scope, questions, change.keys, change.subjects).any(0)
         return {active.requests[r].request_id for r in change.key_request[same].unique().tolist()}
+
+    def _questions(self, scope, corrections: list[Correction]) -> Questions:
+        """``corrections`` as the supersession test sees them, computed once per batch
+        (the batch is asked about again after validation and after judging)."""
+        if self._asked is not None:
+            fingerprint, ids, questions = self._asked
+            where = {cid: i for i, cid in enumerate(ids)}
+            if fingerprint == scope.fingerprint() and all(c.id in where for c in corrections):
+                return questions.take(torch.tensor([where[c.id] for c in corrections], dtype=torch.long))
+        questions = Questions.of(scope, self.model, [c.prompt for c in corrections], [c.subject for c in corrections])
+        self._asked = (scope.fingerprint(), [c.id for c in corrections], questions)
+        return questions
 
     def _one_per_question(self, batch: list[Correction]) -> list[Correction]:
         """``batch`` less the corrections asking a question an earlier one of the batch
@@ -227,7 +249,7 @@ class ApplyRun:
         scope = self.editor.scope_for(self.config.aggregation)
         if scope is None or len(batch) < 2:
             return batch
-        questions = Questions.of(scope, self.model, [c.prompt for c in batch], [c.subject for c in batch])
+        questions = self._questions(scope, batch)
         same = same_question(scope, questions, questions.keys, questions.subjects)
         kept = []
         for i, correction in enumerate(batch):
@@ -256,15 +278,38 @@ class ApplyRun:
             self.queue.finish(c, "rejected", reason=why, metrics=metrics[c.id])
             self.report.rejected.append((c.id, why))
 
+    def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[float] | None]:
+        """A routed batch at each correction's strongest strength that still lands, judged
+        with the active corrections as it would be published (:mod:`mend.scope.strength`)."""
+        if not edit.change.routed:
+            return edit, None
+        landed = strongest_landing(edit, self.config.strengths,
+                                   showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
+        return landed.edit, landed.strengths.tolist()
+
+    def _changeable_probes(self, batch: list[Correction], edit: Edit, replaced: set[str]) -> list[bool] | None:
+        """Which of the batch's locality probes publishing it can change (None: all). A
+        routed batch changes only inputs that switch on one of its corrections or one it
+        replaces; every other input is computed exactly as before."""
+        if not edit.change.routed:
+            return None
+        prompts, answers, _ = locality_inputs(batch)
+        touching = Edit.concat([edit, *(self.active.parts[cid] for cid in sorted(replaced))])
+        with self.hooked.showing(touching):
+            return switching_on(self.model, prompts, answers).tolist()
+
     def _apply_batch(self, batch: list[Correction]) -> None:
         config, probes = self.config, self.config.regression_probes
         current = self.hooked.edit
-        pre = PreState(self.model, batch, probes)
         replaced = self._superseded(batch)
-        edit = self._edit(batch, replaced)
+        edit, strengths = self._land(self._edit(batch, replaced), replaced)
+        pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
         metrics = correction_metrics(self.model, batch, pre)
+        if strengths is not None:
+            for c, strength in zip(batch, strengths, strict=True):
+                metrics[c.id]["strength"] = strength
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
         self._reject([c for c in batch if reasons[c.id] is not None], reasons, metrics)
         accepted = [i for i, c in enumerate(batch) if reasons[c.id] is None]

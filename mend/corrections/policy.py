@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from mend.corrections.schema import Correction
 from mend.data.records import LocalityProbe
-from mend.evaluation.scoring import agreement, answer_predictions, score_targets
+from mend.evaluation.scoring import agreement, answer_lengths, answer_predictions, score_targets
 from mend.models.editable import EditableModel
 
 CHUNK = 64
@@ -39,7 +41,7 @@ class AcceptancePolicy(BaseModel):
     min_regression: float = Field(0.95, ge=0, le=1, description="unchanged predictions on the regression probes")
 
 
-def _locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list[str], list[int]]:
+def locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list[str], list[int]]:
     """Every correction's locality probes flattened, with the owning correction's index."""
     prompts, answers, owner = [], [], []
     for i, c in enumerate(corrections):
@@ -51,11 +53,34 @@ def _locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list
 
 
 class PreState:
-    """Predictions of the model before a batch is edited in (for locality checks)."""
+    """Predictions of the model before a batch is edited in (for locality checks).
 
-    def __init__(self, model: EditableModel, corrections: Sequence[Correction], probes: Sequence[LocalityProbe]):
-        prompts, answers, self.owner = _locality_inputs(corrections)
-        self.locality = answer_predictions(model, prompts, answers, CHUNK)
+    ``changed`` (one flag per probe of :func:`locality_inputs`; None: all) marks the
+    locality probes the batch's edit can change at all. A routed edit changes only the
+    inputs that switch one of its corrections on; the others keep every prediction by
+    construction, so they are neither predicted before nor after, and count as unchanged."""
+
+    def __init__(
+        self,
+        model: EditableModel,
+        corrections: Sequence[Correction],
+        probes: Sequence[LocalityProbe],
+        changed: Sequence[bool] | None = None,
+    ):
+        prompts, answers, self.owner = locality_inputs(corrections)
+        self.changed = [True] * len(prompts) if changed is None else list(changed)
+        if len(self.changed) != len(prompts):
+            raise ValueError(f"{len(self.changed)} flags for {len(prompts)} locality probes")
+        run = [k for k, c in enumerate(self.changed) if c]
+        kept = [k for k, c in enumerate(self.changed) if not c]
+        self.locality: list[Tensor | None] = [None] * len(prompts)
+        for k, predicted in zip(run, answer_predictions(model, [prompts[k] for k in run],
+                                                        [answers[k] for k in run], CHUNK), strict=True):
+            self.locality[k] = predicted
+        # Unchanged probes only need their number of answer positions for the agreement.
+        for k, n in zip(kept, answer_lengths(model, [prompts[k] for k in kept], [answers[k] for k in kept]),
+                        strict=True):
+            self.locality[k] = torch.full((n,), -1, dtype=torch.long)
         self.regression = answer_predictions(model, [p.prompt for p in probes], [p.answer for p in probes], CHUNK)
 
 
@@ -85,8 +110,12 @@ def correction_metrics(
             rephrase_acc.setdefault(i, []).append(acc[k])
     for i, values in rephrase_acc.items():
         out[corrections[i].id]["generalization"] = sum(values) / len(values)
-    prompts, answers, loc_owner = _locality_inputs(corrections)
-    post = answer_predictions(model, prompts, answers, chunk)
+    prompts, answers, loc_owner = locality_inputs(corrections)
+    run = [k for k, c in enumerate(pre.changed) if c]
+    post = list(pre.locality)  # the probes the edit cannot change predict what they did
+    for k, predicted in zip(run, answer_predictions(model, [prompts[k] for k in run], [answers[k] for k in run],
+                                                    chunk), strict=True):
+        post[k] = predicted
     per_owner: dict[int, tuple[list, list]] = {}
     for k, i in enumerate(loc_owner):
         before, after = per_owner.setdefault(i, ([], []))

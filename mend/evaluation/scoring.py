@@ -104,6 +104,14 @@ def _predict_batch(model: EditableModel, prompts: Sequence[str], answers: Sequen
     return [predicted[i][labels[i] != IGNORE].cpu() for i in range(len(prompts))]
 
 
+def answer_lengths(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[int]:
+    """How many answer positions :func:`answer_predictions` predicts per probe (tokenizing only)."""
+    if not prompts:
+        return []
+    labels = model.task.batch(list(prompts), list(answers)).scored_labels
+    return (labels != IGNORE).sum(1).tolist()
+
+
 def agreement(before: Sequence[Tensor], after: Sequence[Tensor]) -> tuple[float, bool]:
     """Fraction of positions whose prediction did not change, and whether none did."""
     same = sum(int((a == b).sum()) for a, b in zip(before, after, strict=True))

@@ -61,10 +61,8 @@ def strongest_landing(
         trial = chosen.clone()
         trial[undecided] = strength
         with (showing or Edit.applied)(edit.scaled(trial)):
-            landed = []
-            for start in range(0, len(undecided), chunk):
-                part = [edit.requests[i] for i in undecided[start : start + chunk]]
-                landed += score_targets(model, [r.prompt for r in part], [r.target for r in part]).exact
+            part = [edit.requests[i] for i in undecided]
+            landed = score_targets(model, [r.prompt for r in part], [r.target for r in part], chunk).exact
         chosen = trial
         undecided = [i for i, ok in zip(undecided, landed, strict=True) if not ok]
     chosen[undecided] = 1.0

@@ -52,6 +52,11 @@ class Questions:
                          Padded.of(states, scope.config.skip_first))
 
 
+    def take(self, index: Tensor) -> Questions:
+        """The questions at ``index``, in that order."""
+        return Questions(self.keys[index], self.subjects[index], self.prompts.take(index))
+
+
 def _spellings(subjects: Tensor) -> list[tuple[int, ...]]:
     """Each subject's spelling as written (its first variant), () for none."""
     return [tuple(t for t in row[0].tolist() if t >= 0) for row in subjects]

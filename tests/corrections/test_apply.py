@@ -411,3 +411,38 @@ def test_a_scoped_correction_of_the_same_question_supersedes_the_active_one_and_
     assert "same question" in report.dead_lettered[0][1]
     manifest = VersionStore(queue.store).manifest(2)
     assert manifest["active_ids"] == ["new"] and manifest["superseded"] == ["old"]
+
+
+def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it_can_change(tmp_path, monkeypatch):
+    from mend.corrections import apply as apply_module
+    from mend.corrections import policy
+    from mend.scope.strength import DEFAULT_STRENGTHS
+
+    items = correction_dicts(4)
+    # The first correction's second probe is another correction's own prompt: the batch
+    # changes what it predicts. Its first probe (shared by all) is out of every scope.
+    items[0]["locality"].append({"prompt": items[1]["prompt"], "answer": items[1]["target"]})
+    predicted: list[str] = []
+    real = policy.answer_predictions
+
+    def spy(model, prompts, answers, chunk=None):
+        predicted.extend(prompts)
+        return real(model, prompts, answers, chunk)
+
+    monkeypatch.setattr(policy, "answer_predictions", spy)
+    runs = {}
+    for every_probe in (False, True):
+        if every_probe:  # the reference: every probe predicted before and after
+            monkeypatch.setattr(apply_module.ApplyRun, "_changeable_probes", lambda self, *args: None)
+        queue, model, editor = _scoped_setup(tmp_path / str(every_probe))
+        queue.submit([dict(item) for item in items])
+        predicted.clear()
+        apply_pending(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT, aggregation="scoped"))
+        runs[every_probe] = (VersionStore(queue.store).manifest(1)["corrections"], list(predicted))
+    (fast, fast_predicted), (full, full_predicted) = runs[False], runs[True]
+    unrelated = items[0]["locality"][0]["prompt"]
+    assert unrelated in full_predicted and unrelated not in fast_predicted
+    assert fast_predicted.count(items[1]["prompt"]) == 2  # before and after
+    for cid, entry in full.items():
+        assert fast[cid]["metrics"]["locality"] == entry["metrics"]["locality"]
+        assert fast[cid]["metrics"]["strength"] in DEFAULT_STRENGTHS

@@ -75,7 +75,7 @@ def test_each_request_takes_the_largest_strength_at_which_its_target_still_lands
             shown[i] = float(delta.v[rows].norm() / base.v[rows].norm())
         yield
 
-    def score(model, prompts, targets):
+    def score(model, prompts, targets, chunk=None):
         scored.append(list(prompts))
         exact = [round(shown[PROMPTS.index(p)], 3) <= limit[p] for p in prompts]
         return TargetScores([float(e) for e in exact], exact, [0.0] * len(prompts))
