@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from mend.serving.corrected import CorrectedModel
+from mend.registry.corrected import CorrectedModel
 
 set_model(CorrectedModel())
