@@ -65,6 +65,28 @@ def test_modes_restore_the_model_after_each_group(mode, k):
     assert report.summary["edit_success"] > report.summary["edit_success_pre"]
 
 
+def test_a_sample_of_each_group_is_scored_with_the_whole_group_edited():
+    model = tiny_model("llama")
+    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2))
+    records = synthetic_records(8)
+    editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    edited: list[int] = []
+
+    class Counting(MendMethod):
+        def apply(self, model, group):
+            edited.append(len(group))
+            return super().apply(model, group)
+
+    full = evaluate(Counting(editor), model, records, mode="batch", k=4, progress=False)
+    sampled = evaluate(Counting(editor), model, records, mode="batch", k=4, progress=False, scored_per_group=2)
+    assert edited == [4, 4, 4, 4]  # every record edited both times
+    ids = [r.record_id for r in records]
+    assert [r["record_id"] for r in sampled.rows] == [ids[0], ids[2], ids[4], ids[6]]
+    by_id = {r["record_id"]: r for r in full.rows}
+    for row in sampled.rows:  # the same group applied: the same scores
+        assert row["edit_success"] == pytest.approx(by_id[row["record_id"]]["edit_success"])
+
+
 def test_fine_tuning_baselines_reach_the_target_and_restore_weights():
     model = tiny_model("llama")
     records = synthetic_records(3)
