@@ -22,7 +22,6 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mend.corrections.active import ActiveSet
 from mend.corrections.lease import Lease
 from mend.corrections.policy import (
     DEFAULT_REGRESSION_PROBES,
@@ -35,7 +34,7 @@ from mend.corrections.policy import (
 )
 from mend.corrections.queue import CorrectionQueue
 from mend.corrections.schema import Correction, InvalidCorrection, check_tokenizable, normalise
-from mend.corrections.versions import VersionStore
+from mend.corrections.versions import ActiveSet, VersionStore
 from mend.data.records import LocalityProbe
 from mend.edit import Edit
 from mend.editor.editor import Editor

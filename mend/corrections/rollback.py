@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mend.corrections.active import ActiveSet
 from mend.corrections.lease import Lease
 from mend.corrections.queue import CorrectionQueue
-from mend.corrections.versions import VersionStore
+from mend.corrections.versions import ActiveSet, VersionStore
 
 
 def rollback(

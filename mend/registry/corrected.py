@@ -59,8 +59,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import mend
-from mend.corrections.active import ActiveSet
-from mend.corrections.versions import VersionStore
+from mend.corrections.versions import ActiveSet, VersionStore
 from mend.models.fingerprints import recorded_fingerprint
 from mend.registry.mlflow_registry import ensure_experiment, get_alias
 from mend.serving.pyfunc import ANSWER, pip_requirements
