@@ -114,7 +114,7 @@ class SecondMoments:
 
     def get(self, model: EditableModel, modules: dict[int, str]) -> dict[int, Tensor]:
         """``C`` (float64) for each layer of ``modules`` (layer -> output projection name)."""
-        model_id = model.fingerprint()
+        model_id = model.targets_fingerprint()
         missing = {}
         for layer, name in modules.items():
             key = (model_id, layer)

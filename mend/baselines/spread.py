@@ -42,7 +42,7 @@ def resolve_layers(model: EditableModel, layers: Sequence[int] | None) -> list[i
 def weights_digest(model: EditableModel, names: Sequence[str]) -> str:
     """A hash of the model's identity and of the named matrices' exact values: values
     computed on one state of these weights are not reused on another."""
-    digest = hashlib.sha256(model.fingerprint().encode())
+    digest = hashlib.sha256(model.targets_fingerprint().encode())
     for name in names:
         digest.update(model.model.get_submodule(name).weight.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -140,9 +140,6 @@ class EditableModel:
                 digest.update(repr(round(weight.detach().float().sum().item(), 3)).encode())
         return digest.hexdigest()[:16]
 
-    # The target-set fingerprint under its former name, for callers not yet renamed.
-    fingerprint = targets_fingerprint
-
     def matches(self, recorded: dict) -> bool:
         """Whether this model has the weights a ``base_model`` record (of an editor or an
         edit) was made on: by weights fingerprint, or for older records by their

@@ -83,7 +83,7 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     tags = current.tags
     assert tags["editor.model_name"] == EDITOR_NAME and tags["editor.version"] == "1"
     assert tags["editor.alias"] == "champion"
-    assert tags["base_model.fingerprint"] == model.fingerprint()
+    assert tags["base_model.fingerprint"] == model.targets_fingerprint()
     assert tags["corrections.version"] == "2" and tags["corrections.kind"] == "apply"
     # The champion's aggregation is the one the flow used (least squares: one re-solve).
     published = VersionStore(queue.store).manifest(2)["aggregation"]

@@ -130,7 +130,7 @@ def test_retrain_pipeline_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, t
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     version = client.get_model_version_by_alias("tiny-editor", "champion")
     base = EditableModel.load(tiny_model_dir)
-    assert version.tags["base_model.fingerprint"] == base.fingerprint()
+    assert version.tags["base_model.fingerprint"] == base.targets_fingerprint()
     assert version.tags["dataset.hash"] == summary["dataset"]["dataset_hash"]
     assert version.tags["code.version"] and version.tags["promotion.decision"] == "champion"
     run = client.get_run(version.run_id)
