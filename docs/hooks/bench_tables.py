@@ -230,6 +230,13 @@ def edits_scaling() -> str:
         text += ("\n\nCounterFact (`counterfact-val`; locality on neighbourhood prompts: same relation, "
                  "another subject):\n\n" + markdown(["simultaneous edits"] + [f"{label[m]}: edit / gen / loc"
                                                        for m in cf_modes], cf_rows))
+    ten = d.get("10000")
+    if ten:
+        text += ("\n\nTen thousand simultaneous CounterFact corrections (`counterfact-train`, scoped; "
+                 "an evenly spaced sample scored with all of them applied; `--counterfact-10000`):\n\n"
+                 + markdown(["corrections", "scored", "edit / gen / loc", "editing s", "whole run s"],
+                            [[count(ten["n_edited"]), count(ten["n_records"]), triple(ten),
+                              seconds(ten["edit_wall_s"]), seconds(ten["wall_s"])]]))
     return text + source("edits_scaling", d, "python -m bench.edits_scaling --sum-editor ... --ls-editor ... "
                                              "--scoped-editor ... --scope ...")
 
