@@ -40,7 +40,8 @@ from mend.corrections import (
     VersionStore,
     apply_pending,
 )
-from mend.evaluation.scoring import agreement, answer_predictions, by_length, score_targets
+from mend.evaluation.scoring import agreement, answer_predictions, score_targets
+from mend.models.batching import by_length
 from mend.scope import ScopeModel
 from mend.storage import open_store
 

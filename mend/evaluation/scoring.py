@@ -11,36 +11,15 @@ Three views of the same question, from most to least lenient:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from mend.models.batching import by_length
 from mend.models.editable import EditableModel
 from mend.models.tasks import IGNORE, per_example_nll, token_nll
-
-T = TypeVar("T")
-
-
-def by_length(
-    fn: Callable[[list[str], list[str]], Sequence[T]], prompts: Sequence[str], answers: Sequence[str], chunk: int = 64
-) -> list[T]:
-    """``fn`` over chunks of similar length, results in the original order.
-
-    Padding a chunk to its longest member is the cost of batching: zsRE's locality
-    answers vary widely in length, and sorting first makes judging a correction batch
-    markedly faster.
-    """
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answers[i]))
-    out: list = [None] * len(prompts)
-    for start in range(0, len(order), chunk):
-        index = order[start : start + chunk]
-        results = fn([prompts[i] for i in index], [answers[i] for i in index])
-        for i, result in zip(index, results, strict=True):
-            out[i] = result
-    return out
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mend.deltas import LowRankDelta
+from mend.models.batching import by_length
 from mend.models.editable import EditableModel
 from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
@@ -256,20 +257,19 @@ def switching_on(model: EditableModel, prompts: Sequence[str], answers: Sequence
     that switch those on. The forward passes stop at the scope block: the decision is
     made there, from the same tokens and prompt positions as in scoring."""
     routed = model.model.__dict__.get(RoutedChanges._ATTR)
-    out = torch.zeros(len(prompts), dtype=torch.bool)
     if routed is None or not routed.changes:
-        return out
+        return torch.zeros(len(prompts), dtype=torch.bool)
 
     def stop(module, args, output):  # registered after the routing hook, so it runs after it
         raise StopForward
 
+    def decide(p: list[str], a: list[str]) -> list[bool]:
+        with contextlib.suppress(StopForward):
+            model.task.logits(model.model, model.task.batch(p, a).to(model.device))
+        return [len(on) > 0 for on in routed.last.active]
+
     handle = decoder_blocks(model.model)[routed.scope.config.layer].register_forward_hook(stop)
-    try:
-        for start in range(0, len(prompts), chunk):
-            batch = model.task.batch(list(prompts[start : start + chunk]), list(answers[start : start + chunk]))
-            with contextlib.suppress(StopForward):
-                model.task.logits(model.model, batch.to(model.device))
-            out[start : start + len(batch.labels)] = torch.tensor([len(a) > 0 for a in routed.last.active])
+    try:  # chunks of similar length, as scoring batches them: answers vary widely in length
+        return torch.tensor(by_length(decide, prompts, answers, chunk), dtype=torch.bool)
     finally:
         handle.remove()
-    return out

@@ -1,6 +1,6 @@
 """Scoring helpers."""
 
-from mend.evaluation.scoring import by_length
+from mend.models.batching import by_length
 
 
 def test_by_length_returns_results_in_the_original_order():
