@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mend.models.batching import by_length
+from mend.models.batching import in_order, length_chunks
 from mend.models.editable import EditableModel
 from mend.models.tasks import IGNORE, per_example_nll, token_nll
 
@@ -34,17 +34,21 @@ def score_targets(
 ) -> TargetScores:
     """Teacher-forced accuracy, exact match and mean NLL of ``targets`` after ``prompts``.
 
-    With ``chunk``, scored :func:`by_length` in batches of at most ``chunk``; one batch without.
+    With ``chunk``, scored in batches of similar length, at most ``chunk`` each; one batch without.
     """
     if chunk is None:
         return _score_batch(model, prompts, targets)
-
-    def rows(p: list[str], t: list[str]) -> list[tuple[float, bool, float]]:
-        scores = _score_batch(model, p, t)
-        return list(zip(scores.token_acc, scores.exact, scores.nll, strict=True))
-
-    columns = list(zip(*by_length(rows, prompts, targets, chunk), strict=True)) or [(), (), ()]
+    chunks = _chunks(prompts, targets, chunk)
+    scored = [_score_batch(model, [prompts[i] for i in c], [targets[i] for i in c]) for c in chunks]
+    rows = in_order(chunks, [list(zip(s.token_acc, s.exact, s.nll, strict=True)) for s in scored])
+    columns = list(zip(*rows, strict=True)) or [(), (), ()]
     return TargetScores(*(list(column) for column in columns))
+
+
+def _chunks(prompts: Sequence[str], answers: Sequence[str], chunk: int) -> list[list[int]]:
+    # Only the lengths leave this module: the batches are run here, not handed out as a
+    # callback (which would bring the prompts back into scoring from the batching helper).
+    return length_chunks([len(p) + len(a) for p, a in zip(prompts, answers, strict=True)], chunk)
 
 
 @torch.no_grad()
@@ -67,11 +71,12 @@ def answer_predictions(
 ) -> list[Tensor]:
     """The argmax tokens at each answer position (teacher-forced), one tensor per probe.
 
-    With ``chunk``, predicted :func:`by_length` in batches of at most ``chunk``; one batch without.
+    With ``chunk``, predicted in batches of similar length, at most ``chunk`` each; one batch without.
     """
     if chunk is None:
         return _predict_batch(model, prompts, answers)
-    return by_length(lambda p, a: _predict_batch(model, p, a), prompts, answers, chunk)
+    chunks = _chunks(prompts, answers, chunk)
+    return in_order(chunks, [_predict_batch(model, [prompts[i] for i in c], [answers[i] for i in c]) for c in chunks])
 
 
 @torch.no_grad()
