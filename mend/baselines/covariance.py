@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mend.data.records import EditRecord
+from mend.models.blocks import decoder_blocks
 from mend.models.editable import EditableModel
 from mend.models.loading import cache_dir
-from mend.scope.states import decoder_blocks
 
 
 class _Reached(Exception):

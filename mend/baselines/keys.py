@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
-from mend.scope.states import block_output, decoder_blocks
 
 # The name of the MLP output projection inside a decoder block, per family.
 _OUTPUT_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.fc_out")

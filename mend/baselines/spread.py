@@ -22,8 +22,8 @@ from mend.baselines.keys import default_layers, output_projection, subject_end, 
 from mend.baselines.values import ValueStore
 from mend.data.records import EditRecord
 from mend.evaluation.methods import WeightSnapshot
+from mend.models.blocks import decoder_blocks
 from mend.models.editable import EditableModel
-from mend.scope.states import decoder_blocks
 
 # (layer, keys (n, d_in), residual share (n, d_out)) -> change of the weight (d_out, d_in)
 Solve = Callable[[int, Tensor, Tensor], Tensor]

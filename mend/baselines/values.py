@@ -27,9 +27,9 @@ from torch import Tensor
 from mend.baselines.config import ValueConfig
 from mend.baselines.keys import encode_at_subject, subject_end, token_ending_at
 from mend.data.records import EditRecord
+from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
-from mend.scope.states import block_output, decoder_blocks
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from mend.data.records import LocalityProbe
 from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
+from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope.routing import switching_on
 from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
 from mend.scope.supersede import Questions, same_question
@@ -204,7 +205,10 @@ class ApplyRun:
                     batch = self._one_per_question(batch)
                     if batch:
                         self.log(f"batch {batches}: editing {len(batch)} corrections")
-                        self._apply_batch(batch)
+                        # The batch's prompts and probes run many times (captured, tried at
+                        # each strength, judged before and after): below the edited blocks, once.
+                        with reusing_unedited_blocks(self.model):
+                            self._apply_batch(batch)
                 # Once per run, not per batch: it reads every older version's manifest.
                 if config.keep_adapters is not None:
                     self.versions.prune_adapters(config.keep_adapters)

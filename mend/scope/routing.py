@@ -27,11 +27,12 @@ from torch import Tensor, nn
 
 from mend.deltas import LowRankDelta
 from mend.models.batching import by_length
+from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
 from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
 from mend.scope.model import ScopeModel
-from mend.scope.states import StopForward, block_output, decoder_blocks
+from mend.scope.states import StopForward
 from mend.scope.subjects import cat_padded, gated
 
 

@@ -11,26 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
-
-
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks of a causal LM (``model.layers``, ``transformer.h``...)."""
-    config = model.config
-    n = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), None)
-    if getattr(config, "is_encoder_decoder", False) or n is None:
-        raise ValueError(f"scoped edits route decoder-only causal LMs; {type(model).__name__} is not one")
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"found no stack of {n} decoder blocks in {type(model).__name__}")
-
-
-def block_output(output) -> Tensor:
-    """The hidden states a decoder block returns (a tensor, or the first of a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 class StopForward(Exception):

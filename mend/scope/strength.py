@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mend.edit import Edit
 from mend.evaluation.scoring import score_targets
+from mend.models.unedited_blocks import reusing_unedited_blocks
 
 #: Tried strongest first; chosen on the zsRE and CounterFact training splits.
 DEFAULT_STRENGTHS: tuple[float, ...] = (4.0, 3.0, 2.5, 2.0, 1.5, 1.25, 1.0)
@@ -55,15 +56,17 @@ def strongest_landing(
     model = edit.model
     chosen = torch.ones(len(edit.requests))
     undecided = list(range(len(edit.requests)))
-    for strength in sorted(set(strengths), reverse=True):
-        if not undecided:
-            break
-        trial = chosen.clone()
-        trial[undecided] = strength
-        with (showing or Edit.applied)(edit.scaled(trial)):
-            part = [edit.requests[i] for i in undecided]
-            landed = score_targets(model, [r.prompt for r in part], [r.target for r in part], chunk).exact
-        chosen = trial
-        undecided = [i for i, ok in zip(undecided, landed, strict=True) if not ok]
+    # Only the edited blocks see the strength: below them each prompt is computed once.
+    with reusing_unedited_blocks(model):
+        for strength in sorted(set(strengths), reverse=True):
+            if not undecided:
+                break
+            trial = chosen.clone()
+            trial[undecided] = strength
+            with (showing or Edit.applied)(edit.scaled(trial)):
+                part = [edit.requests[i] for i in undecided]
+                landed = score_targets(model, [r.prompt for r in part], [r.target for r in part], chunk).exact
+            chosen = trial
+            undecided = [i for i, ok in zip(undecided, landed, strict=True) if not ok]
     chosen[undecided] = 1.0
     return Landed(edit.scaled(chosen), chosen)

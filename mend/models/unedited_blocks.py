@@ -1,0 +1,188 @@
+"""Forwards of inputs seen before reuse the blocks no edit touches.
+
+Judging a batch of corrections runs the same inputs through the model again and again:
+a correction's prompt when its gradient is captured, at each strength tried and when the
+policy judges it; each locality probe before and after the batch is applied. Edits only
+ever change the editor's target matrices, so every decoder block below the lowest of
+them computes the base model's states whatever is applied. Inside
+:func:`reusing_unedited_blocks` each sequence's states below that block are kept the
+first time they are computed, and a later forward whose sequences were all seen runs
+only the edited blocks and those above; the blocks below hand back the kept states.
+
+Kept are the states leaving the last unedited block and those leaving any unedited block
+that has a forward hook (routing reads the scope block's), one tensor per sequence and
+block, so a sequence is found again in any batch it comes back in. A forward is only
+replayed when it is safe to: a decoder-only model, no key/value cache, right padding
+(every real position precedes the padding, as the scoring tasks pad), no hook inside an
+unedited block that replay would skip, and no gradient wanted from an unedited block.
+Anything else runs as usual; an in-place write to an unedited block's weights discards
+what was kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from mend.models.blocks import decoder_blocks
+from mend.models.editable import EditableModel
+
+_ATTR = "_mend_unedited_blocks"
+
+
+@contextmanager
+def reusing_unedited_blocks(model: EditableModel) -> Iterator[None]:
+    """Within the block, forwards of ``model`` reuse the states below its edited blocks
+    for every sequence seen before (nested uses share the outer one's states)."""
+    net = model.model
+    if net.__dict__.get(_ATTR) is not None:
+        yield
+        return
+    reuse = _Reuse.for_model(model)
+    if reuse is None:
+        yield
+        return
+    net.__dict__[_ATTR] = reuse
+    reuse.attach()
+    try:
+        yield
+    finally:
+        reuse.detach()
+        del net.__dict__[_ATTR]
+
+
+class _Reuse:
+    """The kept states of one model, and the patches that record and replay them."""
+
+    def __init__(self, net: nn.Module, blocks: nn.ModuleList, first_edited: int):
+        self.net, self.blocks, self.first = net, blocks, first_edited
+        self.kept: dict[tuple[int, ...], dict[int, Tensor]] = {}  # sequence -> block -> (T, d)
+        self._weights = [p for i in range(first_edited) for p in blocks[i].parameters()]
+        self._versions = self._weight_versions()
+        self._handles: list = []
+        self._forward: _Plan | None = None  # the forward pass under way
+
+    @classmethod
+    def for_model(cls, model: EditableModel) -> _Reuse | None:
+        net = model.model
+        if model.kind != "causal":
+            return None
+        try:
+            blocks = decoder_blocks(net)
+        except ValueError:
+            return None
+        prefix = next(name for name, module in net.named_modules() if module is blocks)
+        edited = [int(t.module_name[len(prefix) + 1 :].split(".")[0]) for t in model.targets
+                  if t.module_name.startswith(prefix + ".")]
+        if len(edited) != len(model.targets):
+            return None  # a target outside the blocks (embeddings, head): nothing is safe to reuse
+        first = min(edited, default=0)
+        return cls(net, blocks, first) if first > 0 else None
+
+    def attach(self) -> None:
+        self._handles = [
+            self.net.register_forward_pre_hook(self._begin, with_kwargs=True),
+            self.net.register_forward_hook(self._end, always_call=True),
+        ]
+        for i in range(self.first):
+            block = self.blocks[i]
+            block.forward = self._patched(i, block.forward)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for i in range(self.first):
+            del self.blocks[i].forward  # back to the class's own forward
+        self.kept.clear()
+
+    # -- one forward pass ------------------------------------------------------------
+    def _begin(self, module, args, kwargs):
+        versions = self._weight_versions()
+        if versions != self._versions:  # an unedited block's weights changed in place: start over
+            self.kept.clear()
+            self._versions = versions
+        self._forward = self._plan(kwargs.get("input_ids", args[0] if args else None), kwargs)
+        return None
+
+    def _weight_versions(self) -> list[int]:
+        # In-place writes bump a tensor's version counter: a method that edits these
+        # blocks (MEMIT's layers, say) makes everything kept stale.
+        return [p._version for p in self._weights]
+
+    def _end(self, module, args, output):
+        self._forward = None
+
+    def _plan(self, input_ids: Tensor | None, kwargs: dict) -> _Plan | None:
+        if input_ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("position_ids") is not None:
+            return None
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
+            return None
+        attention = kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention is None else attention.bool()
+        if mask.dim() != 2 or mask.shape != input_ids.shape:
+            return None
+        lengths = mask.sum(1)
+        if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(1)):
+            return None  # not right-padded
+        sequences = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths.tolist(), strict=True)]
+        needed = self._needed_blocks()
+        replay = needed is not None and not self._gradient_wanted() and all(
+            needed <= self.kept.get(s, {}).keys() for s in sequences
+        )
+        return _Plan(sequences, lengths.tolist(), mask.shape[1], replay, needed or set())
+
+    def _needed_blocks(self) -> set[int] | None:
+        """The unedited blocks whose states a replay must hand back (None: replay would
+        skip a hook inside one of them)."""
+        needed = {self.first - 1}
+        for i in range(self.first):
+            block = self.blocks[i]
+            if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules() if m is not block):
+                return None
+            if block._forward_hooks:
+                needed.add(i)
+        return needed
+
+    def _gradient_wanted(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for i in range(self.first) for p in self.blocks[i].parameters()
+        )
+
+    def _patched(self, i: int, forward):
+        def run(hidden_states, *args, **kwargs):
+            plan = self._forward
+            if plan is None or hidden_states.shape[:2] != (len(plan.sequences), plan.width):
+                return forward(hidden_states, *args, **kwargs)
+            if plan.replay:
+                return plan.states(self.kept, i if i in plan.needed else self.first - 1, hidden_states)
+            output = forward(hidden_states, *args, **kwargs)
+            if isinstance(output, Tensor) and not output.requires_grad and (i == self.first - 1 or
+                                                                              self.blocks[i]._forward_hooks):
+                for sequence, n, row in zip(plan.sequences, plan.lengths, output, strict=True):
+                    self.kept.setdefault(sequence, {})[i] = row[:n].clone()
+            return output
+
+        return run
+
+
+class _Plan:
+    """How the forward under way runs its unedited blocks: recorded, or replayed."""
+
+    def __init__(self, sequences: list[tuple[int, ...]], lengths: list[int], width: int, replay: bool,
+                 needed: set[int]):
+        self.sequences, self.lengths, self.width = sequences, lengths, width
+        self.replay, self.needed = replay, needed
+        self._assembled: dict[int, Tensor] = {}
+
+    def states(self, kept: dict[tuple[int, ...], dict[int, Tensor]], block: int, like: Tensor) -> Tensor:
+        """The kept states of ``block`` for this batch, zero past each sequence's end."""
+        if block not in self._assembled:
+            out = like.new_zeros(len(self.sequences), self.width, like.shape[-1])
+            for row, (sequence, n) in enumerate(zip(self.sequences, self.lengths, strict=True)):
+                out[row, :n] = kept[sequence][block]
+            self._assembled[block] = out
+        return self._assembled[block]
