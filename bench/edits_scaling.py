@@ -49,6 +49,7 @@ from mend import EditableModel, Editor  # noqa: E402
 from mend.data.counterfact import load_counterfact_flat  # noqa: E402
 from mend.evaluation import MendMethod, evaluate  # noqa: E402
 from mend.evaluation.runner import aggregate  # noqa: E402
+from mend.evaluation.unrelated import naming_subjects  # noqa: E402
 from mend.scope import ScopeModel  # noqa: E402
 from mend.scope.strength import DEFAULT_STRENGTHS  # noqa: E402
 
@@ -72,6 +73,17 @@ def _summary(report, heldout: int | None) -> dict:
         part = aggregate(report.rows[:heldout])
         row["heldout"] = {key: round(part[key], 4) for key in KEYS} | {"n_records": heldout}
     return row
+
+
+def _unnamed_locality(report, records) -> dict:
+    """Locality over the scored records whose probes name no stored correction's subject
+    (:mod:`mend.evaluation.unrelated`), beside the figure over every probe."""
+    by_id = {r.record_id: r for r in records}
+    subjects = [r.subject for r in records]
+    kept = [row for row in report.rows if row["locality"] is not None
+            and not any(naming_subjects([p.prompt for p in by_id[row["record_id"]].locality], subjects))]
+    locality = sum(row["locality"] for row in kept) / len(kept) if kept else None
+    return {"locality_unnamed": None if locality is None else round(locality, 4), "n_unnamed": len(kept)}
 
 
 def main() -> None:
@@ -167,7 +179,8 @@ def main() -> None:
                               scored_per_group=args.sample)
             row = _summary(report, None)
             row.update(dataset="counterfact-train", aggregation=mode, n_edited=len(records),
-                       edit_wall_s=round(report.rows[0]["edit_seconds"] * len(records), 1))  # per record of the group
+                       edit_wall_s=round(report.rows[0]["edit_seconds"] * len(records), 1),  # per record of the group
+                       **_unnamed_locality(report, records))
             results["10000"] = row
             print("counterfact", mode, 10_000, row, flush=True)
             save()

@@ -24,16 +24,19 @@ model to ``--scope-out`` (attach it to an editor: ``editor.scope = ScopeModel.lo
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict
 
 import torch
 import transformers
 
-from bench.common import SHARED_DATA, write_result
+from bench.common import RESULTS, SHARED_DATA, write_result
 from mend import EditableModel
 from mend.data import load_wikibio, load_zsre
 from mend.data.counterfact import load_counterfact_flat
+from mend.evaluation.unrelated import naming_subjects
+from mend.scope import ScopeModel
 from mend.scope.fit import (
     ScopeData,
     ScopeExample,
@@ -64,6 +67,36 @@ def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
                      data.positive_owner[pick], data.negatives)
 
 
+def _fit(args, model, cf_train) -> tuple[ScopeModel, dict]:
+    # The first records of the zsRE training file fill bench.edits_scaling's 1,000 edits
+    # after the 537 held-out ones: the scope model never sees them.
+    zsre_train = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", on_error="skip").records[ZSRE_UNSEEN:]
+    cut_z, cut_c = int(len(zsre_train) * 0.9), int(TRAIN_CF * 0.9)
+    choice = fit_choosing_layer(
+        model,
+        train={"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
+        held_out={"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]},
+        layers=[int(x) for x in args.layers.split(",")], dim=args.dim,
+        max_false_positive_rate={"nq": args.max_fpr_nq, "neighbourhood": args.max_fpr_neighbourhood},
+        steps=args.steps, subject_test=not args.no_subject_test,
+    )
+    for layer, q in choice.per_layer.items():
+        print(layer, _quality(q), flush=True)
+    return choice.scope, {"layer_choice": {str(k): _quality(v) for k, v in choice.per_layer.items()},
+                          "fit": asdict(choice.per_layer[choice.layer])}
+
+
+def _refit_free(path: str) -> tuple[ScopeModel, dict]:
+    """A scope model fitted before, with how it was fitted (from the router.json that reports it)."""
+    scope = ScopeModel.load(path)
+    previous = RESULTS / "router.json"
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    if old.get("scope", {}).get("fingerprint") != scope.fingerprint():
+        raise SystemExit(f"{path} is not the scope model bench/results/router.json reports: fit it with this bench")
+    return scope, {"layer_choice": old["layer_choice"], "fit": old["fit"], "wall_s": old["wall_s"]["fit"],
+                   "command": old["command"], "scope_model": old["scope_model"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", default="4,6,8")
@@ -74,30 +107,23 @@ def main() -> None:
                         help="false-positive budget on neighbourhood prompts")
     parser.add_argument("--no-subject-test", action="store_true", help="route on the learned score alone")
     parser.add_argument("--scope-out", default="runs/scope-smollm2")
+    parser.add_argument("--scope", help="measure this fitted scope model again instead of fitting one "
+                                         "(it must be the one the previous router.json reports)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     started = time.monotonic()
     model = EditableModel.load("smollm2-135m")
-    # The first records of the zsRE training file fill bench.edits_scaling's 1,000 edits
-    # after the 537 held-out ones: the scope model never sees them.
-    zsre_train = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", on_error="skip").records[ZSRE_UNSEEN:]
     cf_train = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-train.json").records
-    cut_z, cut_c = int(len(zsre_train) * 0.9), int(TRAIN_CF * 0.9)
-    choice = fit_choosing_layer(
-        model,
-        train={"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
-        held_out={"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]},
-        layers=[int(x) for x in args.layers.split(",")], dim=args.dim,
-        max_false_positive_rate={"nq": args.max_fpr_nq, "neighbourhood": args.max_fpr_neighbourhood},
-        steps=args.steps, subject_test=not args.no_subject_test,
-    )
-    scope = choice.scope
-    print(f"block {choice.layer}, threshold {scope.config.threshold:.3f}", flush=True)
-    for layer, q in choice.per_layer.items():
-        print(layer, _quality(q), flush=True)
-    fitted_s = time.monotonic() - started
-    layer_choice = {str(k): _quality(v) for k, v in choice.per_layer.items()}
-    scope.save(args.scope_out, extra={"layer_choice": layer_choice})
+    if args.scope:
+        scope, fitted = _refit_free(args.scope)
+    else:
+        scope, fitted = _fit(args, model, cf_train)
+        scope.save(args.scope_out, extra={"layer_choice": fitted["layer_choice"]})
+        fitted["wall_s"] = round(time.monotonic() - started, 1)
+        fitted["command"] = "python -m bench.router " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "scope")
+        fitted["scope_model"] = args.scope_out
+    print(f"block {scope.config.layer}, threshold {scope.config.threshold:.3f}", flush=True)
 
     zsre_test = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_eval-dev-537.json").records
     cf_val = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-val.json").records
@@ -107,8 +133,13 @@ def main() -> None:
         distractors += load_wikibio(SHARED_DATA / "wikibio" / name).records
     distractors = distractors[: DISTRACTED - STORED]
     examples = examples_of([*zsre_test, *cf_test]) + [ScopeExample(r.prompt, r.subject, ()) for r in distractors]
-    data = scope_data(model, examples, {"nq": unrelated_inputs(zsre_test),
-                                        "neighbourhood": unrelated_inputs(cf_test)}, [choice.layer])[choice.layer]
+    neighbourhood = unrelated_inputs(cf_test)
+    # At 10,000 stored, some neighbourhood prompts ask about a stored correction's own
+    # subject: measured apart (mend.evaluation.unrelated).
+    named = naming_subjects(neighbourhood, [e.subject for e in examples])
+    negatives = {"nq": unrelated_inputs(zsre_test), "neighbourhood": neighbourhood,
+                 "neighbourhood_unnamed": [p for p, n in zip(neighbourhood, named, strict=True) if not n]}
+    data = scope_data(model, examples, negatives, [scope.config.layer])[scope.config.layer]
     results = {}
     for stored in (STORED, len(examples)):
         everything = measure(scope, _sub(data, stored, range(STORED)))
@@ -123,15 +154,18 @@ def main() -> None:
         "at_1000": results[STORED],
         "at_10000": results[len(examples)],
         "scope": {**scope.config.model_dump(), "fingerprint": scope.fingerprint()},
-        "layer_choice": layer_choice,
+        "layer_choice": fitted["layer_choice"],
         "test_data": {"zsre": "zsre_mend_eval-dev-537.json (537)", "counterfact": f"counterfact-val.json[:{len(cf_test)}]",
-                      "distractors": f"{len(distractors)} keys: counterfact-val rest, counterfact-train[{TRAIN_CF}:], wikibio"},
+                      "distractors": f"{len(distractors)} keys: counterfact-val rest, counterfact-train[{TRAIN_CF}:], wikibio",
+                      "neighbourhood_unnamed": f"{len(negatives['neighbourhood_unnamed'])} of {len(neighbourhood)} "
+                                               "neighbourhood prompts: those naming none of the 10,000 stored subjects"},
         "train_data": {"zsre": f"zsre_mend_train-1k.json[{ZSRE_UNSEEN}:]", "counterfact": f"counterfact-train.json[:{TRAIN_CF}]",
                        "held_out_for_choice": "last tenth of each"},
-        "wall_s": {"fit": round(fitted_s, 1), "total": round(time.monotonic() - started, 1)},
-        "command": "python -m bench.router " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "scope_model": args.scope_out,
-        "fit": asdict(choice.per_layer[choice.layer]),
+        "wall_s": {"fit": fitted["wall_s"], "measure": round(time.monotonic() - started, 1)},
+        "command": fitted["command"],
+        **({"measured_by": f"python -m bench.router --scope {args.scope}"} if args.scope else {}),
+        "scope_model": fitted["scope_model"],
+        "fit": fitted["fit"],
     })
 
 

@@ -234,8 +234,11 @@ def edits_scaling() -> str:
     if ten:
         text += ("\n\nTen thousand simultaneous CounterFact corrections (`counterfact-train`, scoped; "
                  "an evenly spaced sample scored with all of them applied; `--counterfact-10000`):\n\n"
-                 + markdown(["corrections", "scored", "edit / gen / loc", "editing s", "whole run s"],
+                 + markdown(["corrections", "scored", "edit / gen / loc", "loc, probes naming no stored subject",
+                             "editing s", "whole run s"],
                             [[count(ten["n_edited"]), count(ten["n_records"]), triple(ten),
+                              f"{metric(ten['locality_unnamed'])} ({count(ten['n_unnamed'])} records)"
+                              if ten.get("locality_unnamed") is not None else "-",
                               seconds(ten["edit_wall_s"]), seconds(ten["wall_s"])]]))
     return text + source("edits_scaling", d, "python -m bench.edits_scaling --sum-editor ... --ls-editor ... "
                                              "--scoped-editor ... --scope ...")
@@ -278,16 +281,21 @@ def routing_overhead() -> str:
 
 def router() -> str:
     d = load("router")
+    unnamed = "fpr_neighbourhood_unnamed" in d["at_10000"]["all"]
     header = ["stored corrections", "recall zsRE", "recall CounterFact", "recall all", "own first",
               "false positives NQ", "false positives neighbourhood"]
+    header += ["of which naming no stored subject"] if unnamed else []
     rows = []
     for part in (d["at_1000"], d["at_10000"]):
         everything = part["all"]
         rows.append([count(everything["stored"]), metric(part["zsre"]["recall"]), metric(part["counterfact"]["recall"]),
                      metric(everything["recall"]), metric(everything["top1"]), metric(everything["fpr_nq"]),
-                     metric(everything["fpr_neighbourhood"])])
+                     metric(everything["fpr_neighbourhood"])]
+                    + ([metric(everything["fpr_neighbourhood_unnamed"])] if unnamed else []))
     scope = d["scope"]
-    return markdown(header, rows) + (
+    note = (f"\n\nThe last column: the {d['test_data']['neighbourhood_unnamed']} (a prompt about a stored "
+            "correction's own subject may rightly switch it on).") if unnamed else ""
+    return markdown(header, rows) + note + (
         f"\n\nScope model: block {scope['layer']}, {scope['dim']} dimensions, threshold "
         f"{scope['threshold']:.3f} (calibrated on held-out training records)."
     ) + source("router", d, d["command"])
