@@ -12,7 +12,8 @@ only the edited blocks and those above; the blocks below hand back the kept stat
 Kept are the states leaving the last unedited block and those leaving any unedited block
 that has a forward hook (routing reads the scope block's), one tensor per sequence and
 block, so a sequence is found again in any batch it comes back in. A forward is only
-replayed when it is safe to: a decoder-only model, no key/value cache, right padding
+replayed when it is safe to: a decoder-only model, no key/value cache (``use_cache=False``,
+as scoring calls it), right padding
 (every real position precedes the padding, as the scoring tasks pad), no hook inside an
 unedited block that replay would skip, and no gradient wanted from an unedited block.
 Anything else runs as usual; an in-place write to an unedited block's weights discards
@@ -118,9 +119,8 @@ class _Reuse:
     def _plan(self, input_ids: Tensor | None, kwargs: dict) -> _Plan | None:
         if input_ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("position_ids") is not None:
             return None
-        cache = kwargs.get("past_key_values", kwargs.get("cache"))
-        if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
-            return None
+        if kwargs.get("past_key_values", kwargs.get("cache")) is not None or kwargs.get("use_cache") is not False:
+            return None  # a key/value cache would miss the replayed blocks' entries
         attention = kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention is None else attention.bool()
         if mask.dim() != 2 or mask.shape != input_ids.shape:
