@@ -17,7 +17,8 @@ records (the rest of ``counterfact-val``, ``counterfact-train`` cases 3,000 on, 
 are added as distractors; the queries stay the same.
 
 Writes ``bench/results/router.json`` (``recall``, ``fpr_nq``, ``fpr_neighbourhood`` at
-1,000; per data set, at 10,000 and per candidate block nested) and saves the fitted scope
+1,000; per data set, at 10,000, at 10,000 under higher thresholds and per candidate block
+nested) and saves the fitted scope
 model to ``--scope-out`` (attach it to an editor: ``editor.scope = ScopeModel.load(...)``).
 """
 
@@ -51,6 +52,7 @@ TRAIN_CF = 3000
 ZSRE_UNSEEN = 500
 STORED = 1000
 DISTRACTED = 10_000
+THRESHOLD_SWEEP = (0.88, 0.9, 0.92, 0.94, 0.96)
 
 
 def _quality(q) -> dict:
@@ -147,12 +149,17 @@ def main() -> None:
                    "counterfact": measure(scope, _sub(data, stored, range(len(zsre_test), STORED)))}
         results[stored] = {"all": _quality(everything), **{k: _quality(v) for k, v in per_set.items()}}
         print(stored, results[stored], flush=True)
+    # What a threshold raised for 10,000 stored corrections would trade: recall for false positives.
+    crowded = _sub(data, len(examples), range(STORED))
+    sweep = [_quality(measure(scope.with_threshold(t, scope.config.subject_threshold), crowded))
+             for t in sorted({round(scope.config.threshold, 4), *THRESHOLD_SWEEP})]
     at_1000 = results[STORED]["all"]
     write_result("router", {
         "recall": at_1000["recall"], "fpr_nq": at_1000["fpr_nq"], "fpr_neighbourhood": at_1000["fpr_neighbourhood"],
         "stored": STORED,
         "at_1000": results[STORED],
         "at_10000": results[len(examples)],
+        "threshold_sweep_10000": sweep,
         "scope": {**scope.config.model_dump(), "fingerprint": scope.fingerprint()},
         "layer_choice": fitted["layer_choice"],
         "test_data": {"zsre": "zsre_mend_eval-dev-537.json (537)", "counterfact": f"counterfact-val.json[:{len(cf_test)}]",

@@ -293,9 +293,18 @@ def router() -> str:
                      metric(everything["fpr_neighbourhood"])]
                     + ([metric(everything["fpr_neighbourhood_unnamed"])] if unnamed else []))
     scope = d["scope"]
+    sweep = d.get("threshold_sweep_10000")
+    if sweep:
+        note_rows = [[f"{q['threshold']:.2f}", metric(q["recall"]), metric(q["fpr_nq"]), metric(q["fpr_neighbourhood"]),
+                      metric(q["fpr_neighbourhood_unnamed"])] for q in sweep]
+        sweep_table = ("\n\nAt 10,000 stored, under higher thresholds (subject threshold unchanged):\n\n"
+                       + markdown(["threshold", "recall all", "false positives NQ", "false positives neighbourhood",
+                                   "of which naming no stored subject"], note_rows))
+    else:
+        sweep_table = ""
     note = (f"\n\nThe last column: the {d['test_data']['neighbourhood_unnamed']} (a prompt about a stored "
             "correction's own subject may rightly switch it on).") if unnamed else ""
-    return markdown(header, rows) + note + (
+    return markdown(header, rows) + note + sweep_table + (
         f"\n\nScope model: block {scope['layer']}, {scope['dim']} dimensions, threshold "
         f"{scope['threshold']:.3f} (calibrated on held-out training records)."
     ) + source("router", d, d["command"])
