@@ -207,7 +207,7 @@ class ApplyRun:
                         self.log(f"batch {batches}: editing {len(batch)} corrections")
                         # The batch's prompts and probes run many times (captured, tried at
                         # each strength, judged before and after): below the edited blocks, once.
-                        with reusing_unedited_blocks(self.model):
+                        with reusing_unedited_blocks(self.model, keep=self._routing_blocks()):
                             self._apply_batch(batch)
                 # Once per run, not per batch: it reads every older version's manifest.
                 if config.keep_adapters is not None:
@@ -216,6 +216,12 @@ class ApplyRun:
                 self.hooked.swap(None)
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _routing_blocks(self) -> tuple[int, ...]:
+        """The block routing reads, when this run's edits are routed: the capture pass runs
+        before the batch's own routing is hooked in, and what it keeps serves the later passes."""
+        scope = self.editor.scope_for(self.config.aggregation)
+        return (scope.config.layer,) if scope is not None else ()
 
     def _superseded(self, corrections: list[Correction]) -> set[str]:
         """Active corrections that ``corrections`` replace (a newer fix wins): those of the

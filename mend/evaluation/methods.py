@@ -13,6 +13,7 @@ from mend.data.records import EditRecord, LocalityProbe
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
+from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
 from mend.scope.supersede import Questions, superseded_within
 from mend.training.losses import kl_on_scored
@@ -66,13 +67,16 @@ class MendMethod:
             newer = superseded_within(scope, questions)
             superseded = {r.record_id: records[n].record_id for r, n in zip(records, newer, strict=True) if n is not None}
             records = [r for r, n in zip(records, newer, strict=True) if n is None]
-        edit = self.editor.edit(
-            model, [r.prompt for r in records], [r.target for r in records],
-            [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,
-            subjects=[r.subject for r in records],
-        )
-        if scope is not None:
-            edit = strongest_landing(edit, self.strengths).edit
+        # The strength search scores the prompts the capture pass ran: with routing's block
+        # kept too, it runs only the edited blocks (mend.models.unedited_blocks).
+        with reusing_unedited_blocks(model, keep=(scope.config.layer,) if scope is not None else ()):
+            edit = self.editor.edit(
+                model, [r.prompt for r in records], [r.target for r in records],
+                [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,
+                subjects=[r.subject for r in records],
+            )
+            if scope is not None:
+                edit = strongest_landing(edit, self.strengths).edit
         edit.apply()
         return Superseding(edit, superseded) if superseded else edit
 

@@ -22,7 +22,7 @@ what was kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -35,14 +35,17 @@ _ATTR = "_mend_unedited_blocks"
 
 
 @contextmanager
-def reusing_unedited_blocks(model: EditableModel) -> Iterator[None]:
+def reusing_unedited_blocks(model: EditableModel, keep: Sequence[int] = ()) -> Iterator[None]:
     """Within the block, forwards of ``model`` reuse the states below its edited blocks
-    for every sequence seen before (nested uses share the outer one's states)."""
+    for every sequence seen before (nested uses share the outer one's states).
+
+    ``keep``: blocks whose states are kept even while nothing hooks them yet, for forwards
+    that will hook them later (routing reads the scope block once a scoped edit is in)."""
     net = model.model
     if net.__dict__.get(_ATTR) is not None:
         yield
         return
-    reuse = _Reuse.for_model(model)
+    reuse = _Reuse.for_model(model, keep)
     if reuse is None:
         yield
         return
@@ -58,8 +61,9 @@ def reusing_unedited_blocks(model: EditableModel) -> Iterator[None]:
 class _Reuse:
     """The kept states of one model, and the patches that record and replay them."""
 
-    def __init__(self, net: nn.Module, blocks: nn.ModuleList, first_edited: int):
+    def __init__(self, net: nn.Module, blocks: nn.ModuleList, first_edited: int, keep: Sequence[int] = ()):
         self.net, self.blocks, self.first = net, blocks, first_edited
+        self.keep = {first_edited - 1, *(k for k in keep if 0 <= k < first_edited)}
         self.kept: dict[tuple[int, ...], dict[int, Tensor]] = {}  # sequence -> block -> (T, d)
         self._weights = [p for i in range(first_edited) for p in blocks[i].parameters()]
         self._versions = self._weight_versions()
@@ -67,7 +71,7 @@ class _Reuse:
         self._forward: _Plan | None = None  # the forward pass under way
 
     @classmethod
-    def for_model(cls, model: EditableModel) -> _Reuse | None:
+    def for_model(cls, model: EditableModel, keep: Sequence[int] = ()) -> _Reuse | None:
         net = model.model
         if model.kind != "causal":
             return None
@@ -81,7 +85,7 @@ class _Reuse:
         if len(edited) != len(model.targets):
             return None  # a target outside the blocks (embeddings, head): nothing is safe to reuse
         first = min(edited, default=0)
-        return cls(net, blocks, first) if first > 0 else None
+        return cls(net, blocks, first, keep) if first > 0 else None
 
     def attach(self) -> None:
         self._handles = [
@@ -160,7 +164,7 @@ class _Reuse:
             if plan.replay:
                 return plan.states(self.kept, i if i in plan.needed else self.first - 1, hidden_states)
             output = forward(hidden_states, *args, **kwargs)
-            if isinstance(output, Tensor) and not output.requires_grad and (i == self.first - 1 or
+            if isinstance(output, Tensor) and not output.requires_grad and (i in self.keep or
                                                                               self.blocks[i]._forward_hooks):
                 for sequence, n, row in zip(plan.sequences, plan.lengths, output, strict=True):
                     self.kept.setdefault(sequence, {})[i] = row[:n].clone()

@@ -99,17 +99,22 @@ def test_reuse_changes_no_output_of_an_edited_model():
     assert torch.equal(generated, plain_generated)
 
 
-def test_a_hooked_unedited_block_sees_its_own_states_on_replay(monkeypatch):
-    model = tiny_model("llama")
-    seen: list[torch.Tensor] = []
-    handle = decoder_blocks(model.model)[0].register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
-    calls = _count_block_forwards(monkeypatch, model)
+def _score_twice_hooked(model, module, hook) -> None:
+    """Score the same batch twice under reuse, with ``hook`` on ``module``."""
+    handle = module.register_forward_hook(hook)
     try:
         with reusing_unedited_blocks(model):
             _logits(model, PROMPTS, TARGETS)
             _logits(model, PROMPTS, TARGETS)
     finally:
         handle.remove()
+
+
+def test_a_hooked_unedited_block_sees_its_own_states_on_replay(monkeypatch):
+    model = tiny_model("llama")
+    seen: list[torch.Tensor] = []
+    calls = _count_block_forwards(monkeypatch, model)
+    _score_twice_hooked(model, decoder_blocks(model.model)[0], lambda m, a, out: seen.append(out.detach().clone()))
     real = model.task.batch(PROMPTS, TARGETS).inputs["attention_mask"].bool()
     assert len(seen) == 2 and torch.equal(seen[0][real], seen[1][real])
     assert len(calls) < 2 * len(decoder_blocks(model.model))  # the second forward was replayed
@@ -119,13 +124,7 @@ def test_hooks_inside_an_unedited_block_turn_reuse_off():
     model = tiny_model("llama")
     calls = []
     block = decoder_blocks(model.model)[0]
-    handle = block.mlp.register_forward_hook(lambda m, a, out: calls.append(1))
-    try:
-        with reusing_unedited_blocks(model):
-            _logits(model, PROMPTS, TARGETS)
-            _logits(model, PROMPTS, TARGETS)
-    finally:
-        handle.remove()
+    _score_twice_hooked(model, block.mlp, lambda m, a, out: calls.append(1))
     assert len(calls) == 2
     assert "forward" not in block.__dict__  # the patch is gone after the block
 
@@ -153,3 +152,18 @@ def test_routing_on_replayed_states_switches_on_the_same_corrections():
             _logits(model, PROMPTS, TARGETS)
             replayed = _logits(model, PROMPTS, TARGETS)
     assert _close(replayed, plain)
+
+
+def test_a_block_kept_before_it_is_hooked_serves_the_hooked_forwards(monkeypatch):
+    model = tiny_model("llama")
+    calls = _count_block_forwards(monkeypatch, model)
+    n_blocks, first = len(decoder_blocks(model.model)), _first_edited(model)
+    seen: list[torch.Tensor] = []
+    with reusing_unedited_blocks(model, keep=(0,)):
+        _logits(model, PROMPTS, TARGETS)  # as the capture pass, before routing is hooked in
+        handle = decoder_blocks(model.model)[0].register_forward_hook(lambda m, a, out: seen.append(out))
+        try:
+            _logits(model, PROMPTS, TARGETS)
+        finally:
+            handle.remove()
+    assert len(calls) == 2 * n_blocks - first and len(seen) == 1
