@@ -89,25 +89,20 @@ def correction_metrics(
 ) -> dict[str, dict]:
     """Per correction, with the batch's edit applied: success, generalisation, locality.
 
-    All corrections' prompts and rephrases are scored together, in chunks of similar
-    length, not one correction at a time.
+    All corrections' prompts are scored together, then all their rephrases, in chunks of
+    similar length, not one correction at a time. The prompts go apart: the edit's strength
+    search ran them already, so within the apply run's reuse of the unedited blocks
+    (:mod:`mend.models.unedited_blocks`) a batch of prompts alone runs only the edited blocks.
     """
-    texts, targets, owner, is_prompt = [], [], [], []
-    for i, c in enumerate(corrections):
-        for text in (c.prompt, *c.rephrases):
-            texts.append(text)
-            targets.append(c.target)
-            owner.append(i)
-            is_prompt.append(text is c.prompt)
-    scores = score_targets(model, texts, targets, chunk)
-    acc, exact = scores.token_acc, scores.exact
-    out = {c.id: {} for c in corrections}
+    targets = [c.target for c in corrections]
+    prompt_scores = score_targets(model, [c.prompt for c in corrections], targets, chunk)
+    out = {c.id: {"edit_success": acc, "edit_exact": bool(exact)}
+           for c, acc, exact in zip(corrections, prompt_scores.token_acc, prompt_scores.exact, strict=True)}
+    owner = [i for i, c in enumerate(corrections) for _ in c.rephrases]
+    rephrases = score_targets(model, [r for c in corrections for r in c.rephrases], [targets[i] for i in owner], chunk)
     rephrase_acc: dict[int, list[float]] = {}
-    for k, i in enumerate(owner):
-        if is_prompt[k]:
-            out[corrections[i].id].update(edit_success=acc[k], edit_exact=bool(exact[k]))
-        else:
-            rephrase_acc.setdefault(i, []).append(acc[k])
+    for i, acc in zip(owner, rephrases.token_acc, strict=True):
+        rephrase_acc.setdefault(i, []).append(acc)
     for i, values in rephrase_acc.items():
         out[corrections[i].id]["generalization"] = sum(values) / len(values)
     prompts, answers, loc_owner = locality_inputs(corrections)

@@ -10,12 +10,13 @@ first time they are computed, and a later forward whose sequences were all seen 
 only the edited blocks and those above; the blocks below hand back the kept states.
 
 Kept are the states leaving the last unedited block and those leaving any unedited block
-that has a forward hook (routing reads the scope block's), one tensor per sequence and
-block, so a sequence is found again in any batch it comes back in. A forward is only
-replayed when it is safe to: a decoder-only model, no key/value cache (``use_cache=False``,
-as scoring calls it), right padding
-(every real position precedes the padding, as the scoring tasks pad), no hook inside an
-unedited block that replay would skip, and no gradient wanted from an unedited block.
+that has a forward hook or is named in ``keep`` (routing reads the scope block's), one
+tensor per sequence and block, so a sequence is found again in any batch it comes back
+in. A forward replays up to the highest block the whole batch kept (a forward stopped at
+the scope block kept only that one) and runs the rest from there. It replays only when
+that is exact: a decoder-only model, no key/value cache (``use_cache=False``, as scoring
+calls it), right padding (every real position precedes the padding, as the scoring tasks
+pad), no hook inside a replayed block, and no gradient wanted from an unedited block.
 Anything else runs as usual; an in-place write to an unedited block's weights discards
 what was kept.
 """
@@ -133,23 +134,29 @@ class _Reuse:
         if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(1)):
             return None  # not right-padded
         sequences = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths.tolist(), strict=True)]
-        needed = self._needed_blocks()
-        replay = needed is not None and not self._gradient_wanted() and all(
-            needed <= self.kept.get(s, {}).keys() for s in sequences
-        )
-        return _Plan(sequences, lengths.tolist(), mask.shape[1], replay, needed or set())
+        common = set.intersection(*(set(self.kept.get(s, ())) for s in sequences)) if sequences else set()
+        return _Plan(sequences, lengths.tolist(), mask.shape[1], self._replayable_upto(common), common)
 
-    def _needed_blocks(self) -> set[int] | None:
-        """The unedited blocks whose states a replay must hand back (None: replay would
-        skip a hook inside one of them)."""
-        needed = {self.first - 1}
+    def _replayable_upto(self, common: set[int]) -> int:
+        """The highest unedited block whose states can be handed back for the whole batch
+        (-1: none): every sequence kept it, and every hooked block below it; blocks above
+        it run as usual from its states (a forward stopped at the scope block kept that
+        block only)."""
+        if not common or self._gradient_wanted():
+            return -1
+        hooked = []
+        below = self.first  # replay stops under a block with hooks inside (they would not run)
         for i in range(self.first):
             block = self.blocks[i]
             if any(m._forward_hooks or m._forward_pre_hooks for m in block.modules() if m is not block):
-                return None
+                below = i
+                break
             if block._forward_hooks:
-                needed.add(i)
-        return needed
+                hooked.append(i)
+        for j in sorted(common, reverse=True):
+            if j < below and all(h in common for h in hooked if h <= j):
+                return j
+        return -1
 
     def _gradient_wanted(self) -> bool:
         return torch.is_grad_enabled() and any(
@@ -161,8 +168,8 @@ class _Reuse:
             plan = self._forward
             if plan is None or hidden_states.shape[:2] != (len(plan.sequences), plan.width):
                 return forward(hidden_states, *args, **kwargs)
-            if plan.replay:
-                return plan.states(self.kept, i if i in plan.needed else self.first - 1, hidden_states)
+            if i <= plan.upto:  # the blocks in between only hand on what the next one ignores
+                return plan.states(self.kept, i if i in plan.common else plan.upto, hidden_states)
             output = forward(hidden_states, *args, **kwargs)
             if isinstance(output, Tensor) and not output.requires_grad and (i in self.keep or
                                                                               self.blocks[i]._forward_hooks):
@@ -174,12 +181,13 @@ class _Reuse:
 
 
 class _Plan:
-    """How the forward under way runs its unedited blocks: recorded, or replayed."""
+    """How the forward under way runs its unedited blocks: replayed up to block ``upto``
+    (-1: none), run as usual above it."""
 
-    def __init__(self, sequences: list[tuple[int, ...]], lengths: list[int], width: int, replay: bool,
-                 needed: set[int]):
+    def __init__(self, sequences: list[tuple[int, ...]], lengths: list[int], width: int, upto: int,
+                 common: set[int]):
         self.sequences, self.lengths, self.width = sequences, lengths, width
-        self.replay, self.needed = replay, needed
+        self.upto, self.common = upto, common  # common: the blocks every sequence kept
         self._assembled: dict[int, Tensor] = {}
 
     def states(self, kept: dict[tuple[int, ...], dict[int, Tensor]], block: int, like: Tensor) -> Tensor:

@@ -167,3 +167,30 @@ def test_a_block_kept_before_it_is_hooked_serves_the_hooked_forwards(monkeypatch
         finally:
             handle.remove()
     assert len(calls) == 2 * n_blocks - first and len(seen) == 1
+
+
+def test_a_forward_stopped_at_a_hooked_block_serves_the_blocks_up_to_it(monkeypatch):
+    model = tiny_model("llama").retargeted(["model.layers.3.mlp.down_proj"])
+    n_blocks, first = len(decoder_blocks(model.model)), _first_edited(model)
+    assert first == 3
+    plain = _logits(model, PROMPTS, TARGETS)
+    calls = _count_block_forwards(monkeypatch, model)
+
+    class Stop(Exception):
+        pass
+
+    def stop(module, args, out):
+        raise Stop
+
+    with reusing_unedited_blocks(model):
+        handle = decoder_blocks(model.model)[0].register_forward_hook(stop)
+        with pytest.raises(Stop):
+            _logits(model, PROMPTS, TARGETS)  # as the routing check: block 0 only, kept as it is hooked
+        handle.remove()
+        handle = decoder_blocks(model.model)[0].register_forward_hook(lambda m, a, out: None)
+        try:
+            again = _logits(model, PROMPTS, TARGETS)  # block 0 replayed, the rest computed from it
+        finally:
+            handle.remove()
+    assert len(calls) == 1 + (n_blocks - 1)
+    assert _close(again, plain)
