@@ -79,9 +79,10 @@ def _unnamed_locality(report, records) -> dict:
     """Locality over the scored records whose probes name no stored correction's subject
     (:mod:`mend.evaluation.unrelated`), beside the figure over every probe."""
     by_id = {r.record_id: r for r in records}
-    subjects = [r.subject for r in records]
-    kept = [row for row in report.rows if row["locality"] is not None
-            and not any(naming_subjects([p.prompt for p in by_id[row["record_id"]].locality], subjects))]
+    rows = [row for row in report.rows if row["locality"] is not None]
+    probes = [[p.prompt for p in by_id[row["record_id"]].locality] for row in rows]
+    named = iter(naming_subjects([p for some in probes for p in some], [r.subject for r in records]))
+    kept = [row for row, some in zip(rows, probes, strict=True) if not any([next(named) for _ in some])]
     locality = sum(row["locality"] for row in kept) / len(kept) if kept else None
     return {"locality_unnamed": None if locality is None else round(locality, 4), "n_unnamed": len(kept)}
 

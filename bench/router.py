@@ -88,7 +88,7 @@ def _fit(args, model, cf_train) -> tuple[ScopeModel, dict]:
                           "fit": asdict(choice.per_layer[choice.layer])}
 
 
-def _refit_free(path: str) -> tuple[ScopeModel, dict]:
+def _fitted_before(path: str) -> tuple[ScopeModel, dict]:
     """A scope model fitted before, with how it was fitted (from the router.json that reports it)."""
     scope = ScopeModel.load(path)
     previous = RESULTS / "router.json"
@@ -117,7 +117,7 @@ def main() -> None:
     model = EditableModel.load("smollm2-135m")
     cf_train = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-train.json").records
     if args.scope:
-        scope, fitted = _refit_free(args.scope)
+        scope, fitted = _fitted_before(args.scope)
     else:
         scope, fitted = _fit(args, model, cf_train)
         scope.save(args.scope_out, extra={"layer_choice": fitted["layer_choice"]})

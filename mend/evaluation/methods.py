@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,8 +68,10 @@ class MendMethod:
             superseded = {r.record_id: records[n].record_id for r, n in zip(records, newer, strict=True) if n is not None}
             records = [r for r, n in zip(records, newer, strict=True) if n is None]
         # The strength search scores the prompts the capture pass ran: with routing's block
-        # kept too, it runs only the edited blocks (mend.models.unedited_blocks).
-        with reusing_unedited_blocks(model, keep=(scope.config.layer,) if scope is not None else ()):
+        # kept too, it runs only the edited blocks (mend.models.unedited_blocks). Without a
+        # scope nothing is scored again here, so nothing is kept.
+        reuse = reusing_unedited_blocks(model, keep=(scope.config.layer,)) if scope is not None else nullcontext()
+        with reuse:
             edit = self.editor.edit(
                 model, [r.prompt for r in records], [r.target for r in records],
                 [r.record_id for r in records], passes=self.passes, aggregation=self.aggregation,

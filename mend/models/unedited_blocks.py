@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mend.models.blocks import decoder_blocks
 from mend.models.editable import EditableModel
+from mend.models.targets import layer_template
 
 _ATTR = "_mend_unedited_blocks"
 
@@ -81,11 +82,10 @@ class _Reuse:
         except ValueError:
             return None
         prefix = next(name for name, module in net.named_modules() if module is blocks)
-        edited = [int(t.module_name[len(prefix) + 1 :].split(".")[0]) for t in model.targets
-                  if t.module_name.startswith(prefix + ".")]
-        if len(edited) != len(model.targets):
+        names = [t.module_name for t in model.targets]
+        if not names or not all(name.startswith(prefix + ".") for name in names):
             return None  # a target outside the blocks (embeddings, head): nothing is safe to reuse
-        first = min(edited, default=0)
+        first = min(layer_template(name)[1] for name in names)
         return cls(net, blocks, first, keep) if first > 0 else None
 
     def attach(self) -> None:
