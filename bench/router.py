@@ -45,6 +45,8 @@ from mend.scope.fit import (
     fit_choosing_layer,
     measure,
     scope_data,
+    thresholds_by_count,
+    training_sets,
     unrelated_inputs,
 )
 
@@ -69,18 +71,26 @@ def _sub(data: ScopeData, keys: int, owners: range) -> ScopeData:
                      data.positive_owner[pick], data.negatives)
 
 
-def _fit(args, model, cf_train) -> tuple[ScopeModel, dict]:
+def _training_split(cf_train) -> tuple[dict, dict]:
+    """Named training record sets, and their held-out last tenths."""
     # The first records of the zsRE training file fill bench.edits_scaling's 1,000 edits
     # after the 537 held-out ones: the scope model never sees them.
     zsre_train = load_zsre(SHARED_DATA / "zsre" / "zsre_mend_train-1k.json", on_error="skip").records[ZSRE_UNSEEN:]
     cut_z, cut_c = int(len(zsre_train) * 0.9), int(TRAIN_CF * 0.9)
+    return ({"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
+            {"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]})
+
+
+def _budgets(args) -> dict[str, float]:
+    return {"nq": args.max_fpr_nq, "neighbourhood": args.max_fpr_neighbourhood}
+
+
+def _fit(args, model, cf_train) -> tuple[ScopeModel, dict]:
+    train, held_out = _training_split(cf_train)
     choice = fit_choosing_layer(
-        model,
-        train={"nq": zsre_train[:cut_z], "neighbourhood": cf_train[:cut_c]},
-        held_out={"nq": zsre_train[cut_z:], "neighbourhood": cf_train[cut_c:TRAIN_CF]},
+        model, train=train, held_out=held_out,
         layers=[int(x) for x in args.layers.split(",")], dim=args.dim,
-        max_false_positive_rate={"nq": args.max_fpr_nq, "neighbourhood": args.max_fpr_neighbourhood},
-        steps=args.steps, subject_test=not args.no_subject_test,
+        max_false_positive_rate=_budgets(args), steps=args.steps, subject_test=not args.no_subject_test,
     )
     for layer, q in choice.per_layer.items():
         print(layer, _quality(q), flush=True)
@@ -111,6 +121,9 @@ def main() -> None:
     parser.add_argument("--scope-out", default="runs/scope-smollm2")
     parser.add_argument("--scope", help="measure this fitted scope model again instead of fitting one "
                                          "(it must be the one the previous router.json reports)")
+    parser.add_argument("--recount", action="store_true",
+                        help="with --scope: first raise its threshold for larger counts of stored corrections on the "
+                             "training split (mend.scope.fit.thresholds_by_count) and save it back")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     started = time.monotonic()
@@ -118,6 +131,12 @@ def main() -> None:
     cf_train = load_counterfact_flat(SHARED_DATA / "counterfact" / "counterfact-train.json").records
     if args.scope:
         scope, fitted = _fitted_before(args.scope)
+        if args.recount:
+            train, held_out = _training_split(cf_train)
+            fit_set, check_set = training_sets(model, train, held_out, [scope.config.layer])
+            scope = thresholds_by_count(scope, check_set[scope.config.layer], fit_set[scope.config.layer].keys,
+                                        _budgets(args))
+            scope.save(args.scope, extra=scope.metadata)
     else:
         scope, fitted = _fit(args, model, cf_train)
         scope.save(args.scope_out, extra={"layer_choice": fitted["layer_choice"]})
@@ -170,7 +189,8 @@ def main() -> None:
                        "held_out_for_choice": "last tenth of each"},
         "wall_s": {"fit": fitted["wall_s"], "measure": round(time.monotonic() - started, 1)},
         "command": fitted["command"],
-        **({"measured_by": f"python -m bench.router --scope {args.scope}"} if args.scope else {}),
+        **({"measured_by": f"python -m bench.router --scope {args.scope}" + (" --recount" if args.recount else "")}
+           if args.scope else {}),
         "scope_model": fitted["scope_model"],
         "fit": fitted["fit"],
     })

@@ -175,10 +175,11 @@ def measure(scope: ScopeModel, data: ScopeData) -> ScopeQuality:
     routed as :mod:`mend.scope.routing` routes (threshold, subject test, ``max_active``)."""
     config = scope.config
     keys = scope.embed(data.keys)
+    threshold = config.threshold_at(len(keys))
 
     def passing(queries: Padded) -> tuple[Tensor, Tensor]:
         sims = best_token_scores(scope, keys, queries)
-        return sims, gated(sims, queries.ids, data.subjects, config.threshold, config.subject_threshold)
+        return sims, gated(sims, queries.ids, data.subjects, threshold, config.subject_threshold)
 
     sims, passes = passing(data.positives)
     owner = data.positive_owner.unsqueeze(1)
@@ -188,7 +189,7 @@ def measure(scope: ScopeModel, data: ScopeData) -> ScopeQuality:
     outranked = ((sims > own.unsqueeze(1)) & passes).sum(1)
     recall = (passes.gather(1, owner).squeeze(1) & (outranked < config.max_active)).float().mean().item()
     false_positives = {name: passing(neg)[1].any(1).float().mean().item() for name, neg in data.negatives.items()}
-    return ScopeQuality(config.threshold, recall, top1, false_positives, len(keys), config.subject_threshold)
+    return ScopeQuality(threshold, recall, top1, false_positives, len(keys), config.subject_threshold)
 
 
 @torch.no_grad()
@@ -206,10 +207,9 @@ def calibrate(
     keys = scope.embed(data.keys)
 
     def budget(name: str) -> float:
-        rate = max_false_positive_rate
-        return float(rate) if isinstance(rate, float | int) else rate[name]
+        return _budget(max_false_positive_rate, name)
 
-    share = 0.5 if subject_test else 1.0
+    share = _learned_share(subject_test)
     scored = {name: best_token_scores(scope, keys, neg) for name, neg in data.negatives.items()}
     threshold = -1.0
     for name, sims in scored.items():
@@ -229,6 +229,69 @@ def calibrate(
         left = budget(name) - strong.float().mean().item()
         subject_threshold = max(subject_threshold, _lowest_within(best_named, max(left, 0.0)))
     return scope.with_threshold(threshold, min(subject_threshold, threshold))
+
+
+COUNTS = (1_000, 3_000, 10_000, 30_000, 100_000)
+
+
+@torch.no_grad()
+def thresholds_by_count(
+    scope: ScopeModel,
+    data: ScopeData,
+    pool: Tensor,
+    max_false_positive_rate: float | dict[str, float],
+    counts: Sequence[int] = COUNTS,
+) -> ScopeModel:
+    """``scope``, calibrated on ``data`` by :func:`calibrate`, with its threshold raised
+    for more stored corrections than ``data`` holds (``ScopeConfig.count_thresholds``).
+
+    An unrelated input is switched on by its best-scoring key, and the best of more keys
+    scores higher by chance alone. Drawing ``n`` stored corrections like the keys of
+    ``data`` and ``pool`` (``(m, d_model)`` states of other training corrections' keys),
+    input ``i`` switches none on with probability ``(1 - p_i(t))^n``, ``p_i(t)`` the share
+    of those keys it scores at least ``t``. Per count, the threshold is the lowest at which
+    the expected share of each negative set switched on stays within the part of its
+    budget :func:`calibrate` gave the learned score, and never below a smaller count's."""
+    share = _learned_share(scope.config.subject_threshold is not None)
+    keys = scope.embed(torch.cat([data.keys, pool.to(data.keys.dtype)]))
+    scored = {name: best_token_scores(scope, keys, neg).double().sort(1).values
+              for name, neg in data.negatives.items() if len(neg)}
+    points, threshold = [(len(data.keys), scope.config.threshold)], scope.config.threshold
+    for count in sorted(c for c in counts if c > len(data.keys)):
+        for name, ranked in scored.items():
+            threshold = max(threshold, _lowest_expected_within(ranked, count, share * _budget(max_false_positive_rate, name)))
+        points.append((count, min(threshold, 1.0)))
+    config = scope.config
+    return scope.with_threshold(config.threshold, config.subject_threshold, tuple(points))
+
+
+def _lowest_expected_within(ranked: Tensor, count: int, rate: float, steps: int = 40) -> float:
+    """The lowest threshold at which inputs whose scores against a pool of keys are
+    ``ranked`` (``(inputs, keys)``, each row ascending) would switch on at most ``rate``
+    of them, in expectation, against ``count`` keys drawn from that pool."""
+    n_keys = ranked.shape[1]
+
+    def expected_rate(threshold: float) -> float:
+        at_least = n_keys - torch.searchsorted(ranked, torch.full((len(ranked), 1), threshold, dtype=ranked.dtype))
+        p = at_least.squeeze(1).double() / n_keys
+        return float((1 - torch.exp(count * torch.log1p(-p.clamp(max=1 - 1e-12)))).mean())
+
+    low, high = -1.0, 1.0 + 1e-4
+    for _ in range(steps):  # the rate falls as the threshold rises
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected_rate(middle) > rate else (low, middle)
+    return high
+
+
+def _budget(max_false_positive_rate: float | dict[str, float], name: str) -> float:
+    rate = max_false_positive_rate
+    return float(rate) if isinstance(rate, float | int) else rate[name]
+
+
+def _learned_share(subject_test: bool) -> float:
+    """The part of each false-positive budget the learned score alone may use: with the
+    subject test, the requests naming a correction's subject take the rest."""
+    return 0.5 if subject_test else 1.0
 
 
 def _lowest_within(scores: Tensor, rate: float) -> float:
@@ -258,6 +321,18 @@ class LayerChoice:
     per_layer: dict[int, ScopeQuality]  # measured on the held-out part of the training data
 
 
+def training_sets(
+    model: EditableModel, train: dict[str, Sequence], held_out: dict[str, Sequence], layers: Sequence[int]
+) -> tuple[dict[int, ScopeData], dict[int, ScopeData]]:
+    """The states of ``train`` and of ``held_out`` (named sets of edit records) after each of
+    ``layers``: what a scope model is fitted on, and what calibrates it."""
+    def states(sets: dict[str, Sequence]) -> dict[int, ScopeData]:
+        return scope_data(model, [e for records in sets.values() for e in examples_of(records)],
+                          {name: unrelated_inputs(records) for name, records in sets.items()}, layers)
+
+    return states(train), states(held_out)
+
+
 def fit_choosing_layer(
     model: EditableModel,
     train: dict[str, Sequence],
@@ -273,18 +348,17 @@ def fit_choosing_layer(
     """Fit a scope model at each of ``layers`` on ``train`` (named sets of edit records:
     rephrases in scope, locality prompts out of scope), calibrate each one's threshold on
     ``held_out`` (also training data) at ``max_false_positive_rate`` (with the subject
-    test unless ``subject_test`` is False), and keep the block
-    whose calibrated recall there is highest."""
-    examples = {name: examples_of(records) for name, records in train.items()}
-    fit_sets = scope_data(model, [e for es in examples.values() for e in es],
-                          {name: unrelated_inputs(records) for name, records in train.items()}, layers)
-    check_sets = scope_data(model, [e for rs in held_out.values() for e in examples_of(rs)],
-                            {name: unrelated_inputs(records) for name, records in held_out.items()}, layers)
+    test unless ``subject_test`` is False) and raise it for more stored corrections
+    (:func:`thresholds_by_count`), and keep the block whose calibrated recall there is
+    highest."""
+    fit_sets, check_sets = training_sets(model, train, held_out, layers)
     fitted, quality = {}, {}
     for layer in layers:
         config = ScopeConfig(layer=layer, dim=dim, threshold=0.5)
         scope, _ = fit_scope(config, fit_sets[layer], steps=steps, seed=seed)
         scope = calibrate(scope, check_sets[layer], max_false_positive_rate, subject_test=subject_test)
+        # The keys trained on stand in for the many more corrections a deployment stores.
+        scope = thresholds_by_count(scope, check_sets[layer], fit_sets[layer].keys, max_false_positive_rate)
         fitted[layer], quality[layer] = scope, measure(scope, check_sets[layer])
     best = max(layers, key=lambda layer: (quality[layer].recall, quality[layer].top1))
     return LayerChoice(fitted[best], best, quality)

@@ -14,7 +14,10 @@ made separable by training as SERAC does:
 * the request is **in scope** when the score reaches ``threshold``, or reaches the lower
   ``subject_threshold`` and the request's prompt contains the correction's subject
   (:mod:`mend.scope.subjects`): a cheap, precise second test for the requests that name
-  what the correction is about, while those that do not (aliases) need the higher score.
+  what the correction is about, while those that do not (aliases) need the higher score;
+* the threshold rises with the number of stored corrections (``count_thresholds``): an
+  unrelated request is switched on by its best-scoring key, and among more keys the
+  best one scores higher by chance alone (:func:`mend.scope.fit.thresholds_by_count`).
 
 The embedding ``normalise(W (h - c))`` is learned (:mod:`mend.scope.fit`) so that
 rephrases of a correction score high and unrelated or same-relation/other-subject
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -48,8 +52,25 @@ class ScopeConfig(BaseModel):
         description="lower cosine at which a request is in scope if its prompt also contains the correction's "
         "subject (None: no subject test)",
     )
+    count_thresholds: tuple[tuple[int, float], ...] = Field(
+        (),
+        description="(stored corrections, threshold) pairs, counts rising: with that many corrections stored, "
+        "``threshold_at`` gives that threshold; in between it is interpolated in log count, at or below the first "
+        "count it is ``threshold``, beyond the last the last (empty: ``threshold`` at every count)",
+    )
     skip_first: int = Field(1, ge=0, description="leading prompt positions never matched")
     max_active: int = Field(8, ge=1, description="most corrections switched on for one sequence")
+
+    def threshold_at(self, stored: int) -> float:
+        """The threshold a request's score must reach with ``stored`` corrections stored."""
+        points = self.count_thresholds
+        if not points or stored <= points[0][0]:
+            return self.threshold
+        for (low, below), (high, above) in zip(points, points[1:], strict=False):
+            if stored <= high:
+                share = math.log(stored / low) / math.log(high / low)
+                return below + share * (above - below)
+        return points[-1][1]
 
 
 class ScopeModel(nn.Module):
@@ -60,6 +81,7 @@ class ScopeModel(nn.Module):
         self.config = config
         self.register_buffer("center", torch.zeros(d_model))
         self.proj = nn.Linear(d_model, config.dim, bias=False)
+        self.metadata: dict = {}  # how it was fitted (``extra`` of scope.json)
 
     @property
     def d_model(self) -> int:
@@ -69,11 +91,16 @@ class ScopeModel(nn.Module):
         """Unit-length embeddings of states ``(..., d_model)``."""
         return nn.functional.normalize(self.proj(states.float() - self.center), dim=-1)
 
-    def with_threshold(self, threshold: float, subject_threshold: float | None = None) -> ScopeModel:
-        """The same embedding under other thresholds."""
-        update = {"threshold": threshold, "subject_threshold": subject_threshold}
+    def with_threshold(
+        self, threshold: float, subject_threshold: float | None = None,
+        count_thresholds: tuple[tuple[int, float], ...] = (),
+    ) -> ScopeModel:
+        """The same embedding under other thresholds (by default one at every count)."""
+        update = {"threshold": threshold, "subject_threshold": subject_threshold,
+                  "count_thresholds": tuple(count_thresholds)}
         other = ScopeModel(self.config.model_copy(update=update), self.d_model)
         other.load_state_dict(self.state_dict())
+        other.metadata = dict(self.metadata)
         return other
 
     @torch.no_grad()

@@ -4,7 +4,7 @@ Scoped edits hooked into one model share one :class:`RoutedChanges`. Per forward
 of a new sequence (no cached keys yet), a hook on the scope model's block embeds every
 prompt token, scores each stored correction by its best token (see
 :mod:`mend.scope.model`) and switches on, for that sequence, the corrections at or above
-the threshold (at most ``max_active``, the best first); teacher-forced scoring marks
+the threshold for that many stored corrections (at most ``max_active``, the best first); teacher-forced scoring marks
 which positions are the prompt (:mod:`mend.models.prompt_window`). Hooks on the edited matrices
 then add only those corrections' rows, so a sequence matching nothing is computed
 exactly as by the base model. Generation keeps the decision made on the prompt for
@@ -77,7 +77,7 @@ def route(
     b = queries.shape[0]
     sims = queries @ keys.to(queries.device).T  # (B, T, m)
     sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
-    passing = gated(sims, sequences, subjects, config.threshold, config.subject_threshold)
+    passing = gated(sims, sequences, subjects, config.threshold_at(n_requests), config.subject_threshold)
     scores = torch.full((b, n_requests), -2.0, device=sims.device)
     owner = key_owner.to(sims.device).expand(b, -1)
     scores = scores.scatter_reduce(1, owner, sims.masked_fill(~passing, -2.0), reduce="amax")

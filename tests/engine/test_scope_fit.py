@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mend.data.records import EditRecord, LocalityProbe
 from mend.scope import ScopeConfig, ScopeModel
 from mend.scope.fit import (
+    ScopeData,
     calibrate,
     examples_of,
     fit_scope,
     init_scope,
     measure,
     scope_data,
+    thresholds_by_count,
     unrelated_inputs,
 )
+from mend.scope.routing import route
+from mend.scope.scores import Padded
 from mend.testing.synthetic import SUBJECTS, TEMPLATES
 from tests.support.tiny_models import tiny_model
 
@@ -79,3 +84,61 @@ def test_the_subject_test_recovers_rephrases_that_name_their_subject():
     assert gated.false_positives["unrelated"] == 0.0
     assert gated.recall > alone.recall
     assert with_subjects.config.subject_threshold < with_subjects.config.threshold
+
+
+def test_the_threshold_for_a_count_interpolates_in_log_count_and_survives_saving(tmp_path):
+    config = ScopeConfig(threshold=0.8, count_thresholds=((100, 0.8), (10_000, 0.9)))
+    assert config.threshold_at(1) == config.threshold_at(100) == 0.8
+    assert abs(config.threshold_at(1_000) - 0.85) < 1e-9  # halfway in log count
+    assert config.threshold_at(10_000) == config.threshold_at(10**6) == 0.9
+    assert ScopeConfig(threshold=0.7).threshold_at(10**6) == 0.7  # no schedule: one threshold
+    scope = ScopeModel(config, 8)
+    loaded = ScopeModel.load(scope.save(tmp_path / "scope"))
+    assert loaded.config == config and loaded.config.threshold_at(1_000) == config.threshold_at(1_000)
+    assert scope.with_threshold(0.5).config.threshold_at(10**6) == 0.5  # an explicit threshold drops the schedule
+
+
+def _random_scope_data(n_keys: int, n_negatives: int, d: int, generator) -> ScopeData:
+    negatives = Padded(torch.randn(n_negatives, 3, d, generator=generator),
+                       torch.ones(n_negatives, 3, dtype=torch.bool), [[1, 2, 3]] * n_negatives)
+    return ScopeData(torch.randn(n_keys, d, generator=generator), torch.full((n_keys, 1, 1), -1),
+                     Padded(torch.zeros(0, 1, d), torch.zeros(0, 1, dtype=torch.bool), []),
+                     torch.zeros(0, dtype=torch.long), {"unrelated": negatives})
+
+
+def test_thresholds_by_count_keep_the_false_positives_of_drawn_keys_within_budget():
+    generator = torch.Generator().manual_seed(0)
+    d, budget = 8, 0.2
+    data = _random_scope_data(20, 400, d, generator)
+    pool = torch.randn(600, d, generator=generator)
+    scope = ScopeModel(ScopeConfig(layer=0, dim=d, threshold=0.6), d)
+    with torch.no_grad():
+        scope.proj.weight.copy_(torch.eye(d))
+    counted = thresholds_by_count(scope, data, pool, budget, counts=(10, 100, 1_000))
+    points = counted.config.count_thresholds
+    assert points[0] == (20, 0.6) and [c for c, _ in points] == [20, 100, 1_000]  # counts under the data's skipped
+    assert all(a <= b for (_, a), (_, b) in zip(points, points[1:], strict=False))  # rising with the count
+    assert points[-1][1] > points[1][1] > 0.6
+    # Drawing that many stored keys from the same keys, the share of unrelated inputs whose
+    # best key reaches the count's threshold stays within the budget (no subject test: all of it).
+    everything = torch.cat([data.keys, pool])
+    queries = scope.embed(data.negatives["unrelated"].states)
+    for count, threshold in points[1:]:
+        rates = []
+        for _ in range(20):
+            keys = scope.embed(everything[torch.randint(len(everything), (count,), generator=generator)])
+            best = torch.einsum("qtd,kd->qtk", queries, keys).amax(2).amax(1)
+            rates.append((best >= threshold).float().mean().item())
+        assert sum(rates) / len(rates) <= budget + 0.03
+        assert sum(rates) / len(rates) >= budget - 0.08  # the lowest such threshold, not any high one
+
+
+def test_routing_uses_the_threshold_for_the_number_of_stored_corrections():
+    d = 4
+    keys = torch.eye(d)
+    queries = nn.functional.normalize(torch.tensor([[[0.7, 0.71, 0.0, 0.0]]]), dim=-1)  # cosine ~0.7 with key 0
+    scope = ScopeModel(ScopeConfig(layer=0, dim=d, threshold=0.6, count_thresholds=((2, 0.6), (4, 0.75))), d)
+    usable = torch.ones(1, 1, dtype=torch.bool)
+    few = route(scope, queries, usable, [[]], keys[:2], torch.arange(2), torch.full((2, 1, 1), -1), 2)
+    many = route(scope, queries, usable, [[]], keys, torch.arange(4), torch.full((4, 1, 1), -1), 4)
+    assert set(few.active[0].tolist()) == {0, 1} and many.active[0].tolist() == []
