@@ -49,7 +49,7 @@ from mend import EditableModel, Editor  # noqa: E402
 from mend.data.counterfact import load_counterfact_flat  # noqa: E402
 from mend.evaluation import MendMethod, evaluate  # noqa: E402
 from mend.evaluation.runner import aggregate  # noqa: E402
-from mend.evaluation.unrelated import naming_subjects  # noqa: E402
+from mend.evaluation.unrelated import asking_stored_facts, naming_subjects  # noqa: E402
 from mend.scope import ScopeModel  # noqa: E402
 from mend.scope.strength import DEFAULT_STRENGTHS  # noqa: E402
 
@@ -75,16 +75,26 @@ def _summary(report, heldout: int | None) -> dict:
     return row
 
 
-def _unnamed_locality(report, records) -> dict:
-    """Locality over the scored records whose probes name no stored correction's subject
+def _locality_by_probe(report, records) -> dict:
+    """Locality over the scored records whose probes name no stored correction's subject,
+    and over those whose probes ask no stored correction's fact
     (:mod:`mend.evaluation.unrelated`), beside the figure over every probe."""
     by_id = {r.record_id: r for r in records}
     rows = [row for row in report.rows if row["locality"] is not None]
-    probes = [[p.prompt for p in by_id[row["record_id"]].locality] for row in rows]
-    named = iter(naming_subjects([p for some in probes for p in some], [r.subject for r in records]))
-    kept = [row for row, some in zip(rows, probes, strict=True) if not any([next(named) for _ in some])]
-    locality = sum(row["locality"] for row in kept) / len(kept) if kept else None
-    return {"locality_unnamed": None if locality is None else round(locality, 4), "n_unnamed": len(kept)}
+    probes = [by_id[row["record_id"]].locality for row in rows]
+    flat = [p for some in probes for p in some]
+    named = naming_subjects([p.prompt for p in flat], [r.subject for r in records])
+    asked = asking_stored_facts([(p.prompt, p.answer) for p in flat], records)
+    out, start = {"unnamed": [], "other_facts": []}, 0
+    for row, some in zip(rows, probes, strict=True):
+        stop = start + len(some)
+        if not any(named[start:stop]):
+            out["unnamed"].append(row["locality"])
+        if not any(asked[start:stop]):
+            out["other_facts"].append(row["locality"])
+        start = stop
+    return {**{f"locality_{k}": round(sum(v) / len(v), 4) if v else None for k, v in out.items()},
+            **{f"n_{k}": len(v) for k, v in out.items()}}
 
 
 def main() -> None:
@@ -181,7 +191,7 @@ def main() -> None:
             row = _summary(report, None)
             row.update(dataset="counterfact-train", aggregation=mode, n_edited=len(records),
                        edit_wall_s=round(report.rows[0]["edit_seconds"] * len(records), 1),  # per record of the group
-                       **_unnamed_locality(report, records))
+                       **_locality_by_probe(report, records))
             results["10000"] = row
             print("counterfact", mode, 10_000, row, flush=True)
             save()

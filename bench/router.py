@@ -36,7 +36,7 @@ from bench.common import RESULTS, SHARED_DATA, write_result
 from mend import EditableModel
 from mend.data import load_wikibio, load_zsre
 from mend.data.counterfact import load_counterfact_flat
-from mend.evaluation.unrelated import naming_subjects
+from mend.evaluation.unrelated import asking_stored_facts, naming_subjects
 from mend.scope import ScopeModel
 from mend.scope.fit import (
     ScopeData,
@@ -156,10 +156,13 @@ def main() -> None:
     examples = examples_of([*zsre_test, *cf_test]) + [ScopeExample(r.prompt, r.subject, ()) for r in distractors]
     neighbourhood = unrelated_inputs(cf_test)
     # At 10,000 stored, some neighbourhood prompts ask about a stored correction's own
-    # subject: measured apart (mend.evaluation.unrelated).
+    # subject, many about its very fact: measured apart (mend.evaluation.unrelated).
     named = naming_subjects(neighbourhood, [e.subject for e in examples])
+    asked = asking_stored_facts([(p.prompt, p.answer) for r in cf_test for p in r.locality],
+                                [*zsre_test, *cf_test, *distractors])
     negatives = {"nq": unrelated_inputs(zsre_test), "neighbourhood": neighbourhood,
-                 "neighbourhood_unnamed": [p for p, n in zip(neighbourhood, named, strict=True) if not n]}
+                 "neighbourhood_unnamed": [p for p, n in zip(neighbourhood, named, strict=True) if not n],
+                 "neighbourhood_other_facts": [p for p, a in zip(neighbourhood, asked, strict=True) if not a]}
     data = scope_data(model, examples, negatives, [scope.config.layer])[scope.config.layer]
     results = {}
     for stored in (STORED, len(examples)):
@@ -184,7 +187,10 @@ def main() -> None:
         "test_data": {"zsre": "zsre_mend_eval-dev-537.json (537)", "counterfact": f"counterfact-val.json[:{len(cf_test)}]",
                       "distractors": f"{len(distractors)} keys: counterfact-val rest, counterfact-train[{TRAIN_CF}:], wikibio",
                       "neighbourhood_unnamed": f"{len(negatives['neighbourhood_unnamed'])} of {len(neighbourhood)} "
-                                               "neighbourhood prompts: those naming none of the 10,000 stored subjects"},
+                                               "neighbourhood prompts: those naming none of the 10,000 stored subjects",
+                      "neighbourhood_other_facts": f"{len(negatives['neighbourhood_other_facts'])} of "
+                                                   f"{len(neighbourhood)} neighbourhood prompts: those asking none of "
+                                                   "the 10,000 stored corrections' own facts"},
         "train_data": {"zsre": f"zsre_mend_train-1k.json[{ZSRE_UNSEEN}:]", "counterfact": f"counterfact-train.json[:{TRAIN_CF}]",
                        "held_out_for_choice": "last tenth of each"},
         "wall_s": {"fit": fitted["wall_s"], "measure": round(time.monotonic() - started, 1)},

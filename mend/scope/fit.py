@@ -251,13 +251,15 @@ def thresholds_by_count(
     input ``i`` switches none on with probability ``(1 - p_i(t))^n``, ``p_i(t)`` the share
     of those keys it scores at least ``t``. Per count, the threshold is the lowest at which
     the expected share of each negative set switched on stays within the part of its
-    budget :func:`calibrate` gave the learned score, and never below a smaller count's."""
+    budget :func:`calibrate` gave the learned score, and never below a smaller count's.
+    Counts beyond ten times the keys at hand are left out: drawn from so few keys, the
+    estimate only sees each input's few best scores (routing keeps the last threshold)."""
     share = _learned_share(scope.config.subject_threshold is not None)
     keys = scope.embed(torch.cat([data.keys, pool.to(data.keys.dtype)]))
     scored = {name: best_token_scores(scope, keys, neg).double().sort(1).values
               for name, neg in data.negatives.items() if len(neg)}
     points, threshold = [(len(data.keys), scope.config.threshold)], scope.config.threshold
-    for count in sorted(c for c in counts if c > len(data.keys)):
+    for count in sorted(c for c in counts if len(data.keys) < c <= 10 * len(keys)):
         for name, ranked in scored.items():
             threshold = max(threshold, _lowest_expected_within(ranked, count, share * _budget(max_false_positive_rate, name)))
         points.append((count, min(threshold, 1.0)))

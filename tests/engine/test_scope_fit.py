@@ -114,9 +114,10 @@ def test_thresholds_by_count_keep_the_false_positives_of_drawn_keys_within_budge
     scope = ScopeModel(ScopeConfig(layer=0, dim=d, threshold=0.6), d)
     with torch.no_grad():
         scope.proj.weight.copy_(torch.eye(d))
-    counted = thresholds_by_count(scope, data, pool, budget, counts=(10, 100, 1_000))
+    counted = thresholds_by_count(scope, data, pool, budget, counts=(10, 100, 1_000, 100_000))
     points = counted.config.count_thresholds
-    assert points[0] == (20, 0.6) and [c for c, _ in points] == [20, 100, 1_000]  # counts under the data's skipped
+    # Counts under the data's own and beyond ten times the keys at hand are left out.
+    assert points[0] == (20, 0.6) and [c for c, _ in points] == [20, 100, 1_000]
     assert all(a <= b for (_, a), (_, b) in zip(points, points[1:], strict=False))  # rising with the count
     assert points[-1][1] > points[1][1] > 0.6
     # Drawing that many stored keys from the same keys, the share of unrelated inputs whose
