@@ -232,14 +232,19 @@ def edits_scaling() -> str:
                                                        for m in cf_modes], cf_rows))
     ten = d.get("10000")
     if ten:
+        def split(name: str) -> str:
+            value = ten.get(f"locality_{name}")
+            return "-" if value is None else f"{metric(value)} ({count(ten[f'n_{name}'])} records)"
+
         text += ("\n\nTen thousand simultaneous CounterFact corrections (`counterfact-train`, scoped; "
-                 "an evenly spaced sample scored with all of them applied; `--counterfact-10000`):\n\n"
-                 + markdown(["corrections", "scored", "edit / gen / loc", "loc, probes naming no stored subject",
-                             "editing s", "whole run s"],
-                            [[count(ten["n_edited"]), count(ten["n_records"]), triple(ten),
-                              f"{metric(ten['locality_unnamed'])} ({count(ten['n_unnamed'])} records)"
-                              if ten.get("locality_unnamed") is not None else "-",
-                              seconds(ten["edit_wall_s"]), seconds(ten["wall_s"])]]))
+                 "an evenly spaced sample scored with all of them applied; `--counterfact-10000`; locality also "
+                 "over the records whose probes name no stored subject, and over those whose probes ask no "
+                 "stored correction's own fact, which may rightly change: "
+                 "[What is measured](../concepts/scoped.md#what-is-measured)):\n\n"
+                 + markdown(["corrections", "scored", "edit / gen / loc", "loc, naming no stored subject",
+                             "loc, asking no stored fact", "editing s", "whole run s"],
+                            [[count(ten["n_edited"]), count(ten["n_records"]), triple(ten), split("unnamed"),
+                              split("other_facts"), seconds(ten["edit_wall_s"]), seconds(ten["wall_s"])]]))
     return text + source("edits_scaling", d, "python -m bench.edits_scaling --sum-editor ... --ls-editor ... "
                                              "--scoped-editor ... --scope ...")
 
@@ -281,32 +286,37 @@ def routing_overhead() -> str:
 
 def router() -> str:
     d = load("router")
-    unnamed = "fpr_neighbourhood_unnamed" in d["at_10000"]["all"]
-    header = ["stored corrections", "recall zsRE", "recall CounterFact", "recall all", "own first",
-              "false positives NQ", "false positives neighbourhood"]
-    header += ["of which naming no stored subject"] if unnamed else []
+    splits = [(key, label) for key, label in (("fpr_neighbourhood_unnamed", "of which naming no stored subject"),
+                                              ("fpr_neighbourhood_other_facts", "of which asking no stored fact"))
+              if key in d["at_10000"]["all"]]
+    header = ["stored corrections", "threshold", "recall zsRE", "recall CounterFact", "recall all", "own first",
+              "false positives NQ", "false positives neighbourhood", *(label for _, label in splits)]
     rows = []
     for part in (d["at_1000"], d["at_10000"]):
         everything = part["all"]
-        rows.append([count(everything["stored"]), metric(part["zsre"]["recall"]), metric(part["counterfact"]["recall"]),
-                     metric(everything["recall"]), metric(everything["top1"]), metric(everything["fpr_nq"]),
-                     metric(everything["fpr_neighbourhood"])]
-                    + ([metric(everything["fpr_neighbourhood_unnamed"])] if unnamed else []))
+        rows.append([count(everything["stored"]), f"{everything['threshold']:.3f}", metric(part["zsre"]["recall"]),
+                     metric(part["counterfact"]["recall"]), metric(everything["recall"]), metric(everything["top1"]),
+                     metric(everything["fpr_nq"]), metric(everything["fpr_neighbourhood"]),
+                     *(metric(everything[key]) for key, _ in splits)])
     scope = d["scope"]
     sweep = d.get("threshold_sweep_10000")
     if sweep:
         note_rows = [[f"{q['threshold']:.2f}", metric(q["recall"]), metric(q["fpr_nq"]), metric(q["fpr_neighbourhood"]),
-                      metric(q["fpr_neighbourhood_unnamed"])] for q in sweep]
-        sweep_table = ("\n\nAt 10,000 stored, under higher thresholds (subject threshold unchanged):\n\n"
+                      *(metric(q[key]) if key in q else "-" for key, _ in splits)] for q in sweep]
+        sweep_table = ("\n\nAt 10,000 stored, under other single thresholds (subject threshold unchanged):\n\n"
                        + markdown(["threshold", "recall all", "false positives NQ", "false positives neighbourhood",
-                                   "of which naming no stored subject"], note_rows))
+                                   *(label for _, label in splits)], note_rows))
     else:
         sweep_table = ""
-    note = (f"\n\nThe last column: the {d['test_data']['neighbourhood_unnamed']} (a prompt about a stored "
-            "correction's own subject may rightly switch it on).") if unnamed else ""
+    note = "".join(f"\n\n{label[0].upper() + label[1:]}: the {d['test_data'][key.removeprefix('fpr_')]}."
+                   for key, label in splits)
+    schedule = scope.get("count_thresholds") or []
+    rises = (", rising with the number of stored corrections: " + ", ".join(
+        f"{threshold:.3f} at {count(n)}" for n, threshold in schedule) + " (estimated on training keys)") \
+        if schedule else ""
     return markdown(header, rows) + note + sweep_table + (
         f"\n\nScope model: block {scope['layer']}, {scope['dim']} dimensions, threshold "
-        f"{scope['threshold']:.3f} (calibrated on held-out training records)."
+        f"{scope['threshold']:.3f} (calibrated on held-out training records){rises}."
     ) + source("router", d, d["command"])
 
 

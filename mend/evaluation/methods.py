@@ -62,14 +62,11 @@ class MendMethod:
     def apply(self, model, records):
         superseded: dict[str, str] = {}
         scope = self.editor.scope_for(self.aggregation)
-        if scope is not None:
-            questions = Questions.of(scope, model, [r.prompt for r in records], [r.subject for r in records])
-            newer = superseded_within(scope, questions)
-            superseded = {r.record_id: records[n].record_id for r, n in zip(records, newer, strict=True) if n is not None}
-            records = [r for r, n in zip(records, newer, strict=True) if n is None]
-        # The strength search scores the prompts the capture pass ran: with routing's block
-        # kept too, it runs only the edited blocks (mend.models.unedited_blocks). Without a
-        # scope nothing is scored again here, so nothing is kept.
+        # Every state this reads again comes back from the forwards that ran first (with
+        # routing's block kept: mend.models.unedited_blocks): the scope keys and the
+        # questions read the prompts' states at the scope block off the capture pass's
+        # prompt + target sequences, and the strength search runs only the edited blocks.
+        # Without a scope nothing runs twice here, so nothing is kept.
         reuse = reusing_unedited_blocks(model, keep=(scope.config.layer,)) if scope is not None else nullcontext()
         with reuse:
             edit = self.editor.edit(
@@ -78,6 +75,13 @@ class MendMethod:
                 subjects=[r.subject for r in records],
             )
             if scope is not None:
+                # A batched edit is the concatenation of single edits: dropping the
+                # superseded requests' rows afterwards is the edit of the live ones alone.
+                questions = Questions.of(scope, model, [r.prompt for r in records], [r.subject for r in records])
+                newer = superseded_within(scope, questions)
+                superseded = {r.record_id: records[n].record_id
+                              for r, n in zip(records, newer, strict=True) if n is not None}
+                edit = edit.select([i for i, n in enumerate(newer) if n is None])
                 edit = strongest_landing(edit, self.strengths).edit
         edit.apply()
         return Superseding(edit, superseded) if superseded else edit

@@ -7,7 +7,10 @@ ever change the editor's target matrices, so every decoder block below the lowes
 them computes the base model's states whatever is applied. Inside
 :func:`reusing_unedited_blocks` each sequence's states below that block are kept the
 first time they are computed, and a later forward whose sequences were all seen runs
-only the edited blocks and those above; the blocks below hand back the kept states.
+only the edited blocks and those above; the blocks below hand back the kept states. A
+sequence seen only as the beginning of a longer one (a prompt after its prompt + target
+ran) is seen too: in a causal model a position's state depends on the positions up to
+it alone.
 
 Kept are the states leaving the last unedited block and those leaving any unedited block
 that has a forward hook or is named in ``keep`` (routing reads the scope block's), one
@@ -67,6 +70,7 @@ class _Reuse:
         self.net, self.blocks, self.first = net, blocks, first_edited
         self.keep = {first_edited - 1, *(k for k in keep if 0 <= k < first_edited)}
         self.kept: dict[tuple[int, ...], dict[int, Tensor]] = {}  # sequence -> block -> (T, d)
+        self.longer: dict[tuple[int, ...], tuple[int, ...]] = {}  # a kept sequence's beginning -> it
         self._weights = [p for i in range(first_edited) for p in blocks[i].parameters()]
         self._versions = self._weight_versions()
         self._handles: list = []
@@ -103,12 +107,14 @@ class _Reuse:
         for i in range(self.first):
             del self.blocks[i].forward  # back to the class's own forward
         self.kept.clear()
+        self.longer.clear()
 
     # -- one forward pass ------------------------------------------------------------
     def _begin(self, module, args, kwargs):
         versions = self._weight_versions()
         if versions != self._versions:  # an unedited block's weights changed in place: start over
             self.kept.clear()
+            self.longer.clear()
             self._versions = versions
         self._forward = self._plan(kwargs.get("input_ids", args[0] if args else None), kwargs)
         return None
@@ -134,8 +140,22 @@ class _Reuse:
         if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(1)):
             return None  # not right-padded
         sequences = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths.tolist(), strict=True)]
-        common = set.intersection(*(set(self.kept.get(s, ())) for s in sequences)) if sequences else set()
-        return _Plan(sequences, lengths.tolist(), mask.shape[1], self._replayable_upto(common), common)
+        found = [self._found(s) for s in sequences]
+        common = set.intersection(*(set(f) for f in found)) if found else set()
+        return _Plan(sequences, lengths.tolist(), mask.shape[1], self._replayable_upto(common), common, found)
+
+    def _found(self, sequence: tuple[int, ...]) -> dict[int, Tensor]:
+        """Block -> kept states of ``sequence``, kept for itself or as a longer one's beginning."""
+        longer = self.longer.get(sequence)
+        found = {} if longer is None else {block: rows[: len(sequence)] for block, rows in self.kept[longer].items()}
+        found.update(self.kept.get(sequence, {}))
+        return found
+
+    def _keep(self, sequence: tuple[int, ...], block: int, rows: Tensor) -> None:
+        if sequence not in self.kept:
+            for end in range(1, len(sequence)):
+                self.longer.setdefault(sequence[:end], sequence)
+        self.kept.setdefault(sequence, {})[block] = rows
 
     def _replayable_upto(self, common: set[int]) -> int:
         """The highest unedited block whose states can be handed back for the whole batch
@@ -169,12 +189,12 @@ class _Reuse:
             if plan is None or hidden_states.shape[:2] != (len(plan.sequences), plan.width):
                 return forward(hidden_states, *args, **kwargs)
             if i <= plan.upto:  # the blocks in between only hand on what the next one ignores
-                return plan.states(self.kept, i if i in plan.common else plan.upto, hidden_states)
+                return plan.states(i if i in plan.common else plan.upto, hidden_states)
             output = forward(hidden_states, *args, **kwargs)
             if isinstance(output, Tensor) and not output.requires_grad and (i in self.keep or
                                                                               self.blocks[i]._forward_hooks):
                 for sequence, n, row in zip(plan.sequences, plan.lengths, output, strict=True):
-                    self.kept.setdefault(sequence, {})[i] = row[:n].clone()
+                    self._keep(sequence, i, row[:n].clone())
             return output
 
         return run
@@ -185,16 +205,17 @@ class _Plan:
     (-1: none), run as usual above it."""
 
     def __init__(self, sequences: list[tuple[int, ...]], lengths: list[int], width: int, upto: int,
-                 common: set[int]):
+                 common: set[int], found: list[dict[int, Tensor]]):
         self.sequences, self.lengths, self.width = sequences, lengths, width
         self.upto, self.common = upto, common  # common: the blocks every sequence kept
+        self.found = found  # per sequence, block -> its kept states
         self._assembled: dict[int, Tensor] = {}
 
-    def states(self, kept: dict[tuple[int, ...], dict[int, Tensor]], block: int, like: Tensor) -> Tensor:
+    def states(self, block: int, like: Tensor) -> Tensor:
         """The kept states of ``block`` for this batch, zero past each sequence's end."""
         if block not in self._assembled:
             out = like.new_zeros(len(self.sequences), self.width, like.shape[-1])
-            for row, (sequence, n) in enumerate(zip(self.sequences, self.lengths, strict=True)):
-                out[row, :n] = kept[sequence][block]
+            for row, (found, n) in enumerate(zip(self.found, self.lengths, strict=True)):
+                out[row, :n] = found[block]
             self._assembled[block] = out
         return self._assembled[block]

@@ -7,6 +7,7 @@ import torch
 
 from mend import Editor, EditorConfig
 from mend.models.blocks import decoder_blocks
+from mend.models.tasks import split_prompt_target
 from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope import ScopeConfig, ScopeModel
 from tests.support.tiny_models import tiny_model
@@ -193,4 +194,28 @@ def test_a_forward_stopped_at_a_hooked_block_serves_the_blocks_up_to_it(monkeypa
         finally:
             handle.remove()
     assert len(calls) == 1 + (n_blocks - 1)
+    assert _close(again, plain)
+
+
+def test_the_beginning_of_a_sequence_seen_before_replays_from_it(monkeypatch):
+    model = tiny_model("llama")
+    n_blocks, first = len(decoder_blocks(model.model)), _first_edited(model)
+    prompts = [split_prompt_target(model.tokenizer, p, t)[0] for p, t in zip(PROMPTS, TARGETS, strict=True)]
+
+    def prompt_logits() -> list[torch.Tensor]:  # the prompts alone, right-padded
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
+        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+        with torch.no_grad():
+            logits = model.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return [row[: len(p)] for row, p in zip(logits, prompts, strict=True)]
+
+    plain = prompt_logits()
+    calls = _count_block_forwards(monkeypatch, model)
+    with reusing_unedited_blocks(model):
+        _logits(model, PROMPTS, TARGETS)  # prompt + target, as the capture pass runs them
+        again = prompt_logits()  # the prompts alone, as scope keys are read
+        assert len(calls) == 2 * n_blocks - first
+        prompt_logits()  # kept for themselves now, beside their longer sequences
+        assert len(calls) == 3 * n_blocks - 2 * first
     assert _close(again, plain)
