@@ -28,7 +28,10 @@ editor makes it).
 ``--counterfact-10000`` (scoped) edits all 10,000 records of ``counterfact-train`` at
 once and scores an evenly spaced sample of ``--sample`` of them with the whole group
 applied, into ``"10000"``: ``edit_wall_s`` is computing and applying the 10,000 edits,
-``wall_s`` the whole measurement.
+``wall_s`` the whole measurement; ``locality_unnamed`` and ``locality_other_facts`` (with
+their record counts ``n_unnamed``, ``n_other_facts``) are locality over the sampled
+records whose probes name no stored correction's subject, and over those whose probes ask
+no stored correction's own fact (:mod:`mend.evaluation.unrelated`).
 """
 
 from __future__ import annotations
