@@ -14,7 +14,8 @@ gradient capture, meta-training losses and metrics never branch on the model kin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -184,8 +185,49 @@ class CausalLMTask(Task):
         # Index positions (not a trailing count): the gathered hidden states are
         # contiguous, so the vocabulary projection is one matmul instead of a batched one.
         keep = torch.arange(batch.first_scored, batch.labels.shape[1], device=batch.labels.device)
-        with prompt_window(model, batch.prompt_mask):
-            return model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
+        scored = batch.scored_labels != IGNORE
+        with prompt_window(model, batch.prompt_mask), _head_on(model, scored) as rows:
+            logits = model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
+        return rows.spread(logits)
+
+
+class _ScoredRows:
+    """The positions a vocabulary projection is computed at, and how its output is laid
+    back out as ``(B, T, vocab)``: zeros where nothing is scored."""
+
+    def __init__(self, scored: Tensor):
+        self.scored = scored
+        self.gathered = False
+
+    def gather(self, module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != self.scored.shape:
+            return None
+        self.gathered = True
+        return (hidden[self.scored.to(hidden.device)].unsqueeze(0), *args[1:])
+
+    def spread(self, logits: Tensor) -> Tensor:
+        if not self.gathered:
+            return logits
+        scored = self.scored.to(logits.device)
+        out = logits.new_zeros(*scored.shape, logits.shape[-1])
+        return out.index_put((*scored.nonzero(as_tuple=True),), logits[0])
+
+
+@contextmanager
+def _head_on(model, scored: Tensor) -> Iterator[_ScoredRows]:
+    """Within the block, ``model``'s vocabulary projection runs only at the ``scored``
+    positions of the kept window (a scored answer is a few tokens after a longer prompt,
+    and the projection onto the vocabulary costs more per position than a decoder block):
+    yields what lays its output back out (:meth:`_ScoredRows.spread`)."""
+    rows = _ScoredRows(scored)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    handle = head.register_forward_pre_hook(rows.gather) if isinstance(head, torch.nn.Module) else None
+    try:
+        yield rows
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 class Seq2SeqTask(Task):
@@ -278,11 +320,12 @@ def task_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, kind: M
 
 
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-position NLL (``(B, T)``), zero where the label is ignored."""
-    flat = F.cross_entropy(
-        logits.float().flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none"
-    ).view_as(labels)
-    return flat * (labels != IGNORE)
+    """Per-position NLL (``(B, T)``), zero where the label is ignored (and not computed
+    there: a vocabulary-wide softmax per position is not free)."""
+    scored = labels != IGNORE
+    nll = F.cross_entropy(logits[scored].float(), labels[scored], reduction="none")
+    return torch.zeros(labels.shape, dtype=nll.dtype, device=nll.device).index_put(
+        (*scored.nonzero(as_tuple=True),), nll)
 
 
 def per_example_nll(logits: Tensor, labels: Tensor) -> Tensor:

@@ -61,7 +61,9 @@ def test_chunked_step_gradient_equals_joint_gradient(aggregation, chunk_size):
     assert out.metrics["loss"] == pytest.approx(loss, rel=1e-5)
     for name, grad in expected.items():
         got = dict(editor.named_parameters())[name].grad
-        assert torch.allclose(got, grad, rtol=1e-4, atol=1e-7), name
+        # Equal up to float32 rounding: the vocabulary projection runs on each chunk's scored
+        # rows, so its sums are blocked differently than over the whole batch.
+        assert torch.allclose(got, grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_validation_step_needs_no_graph():
