@@ -49,6 +49,9 @@ def fit_command(
     choice.scope.save(out, extra={"data": [str(p) for p in data], "layer_choice": quality})
     console.print(f"block {choice.layer}, threshold {choice.scope.config.threshold:.3f}: "
                   f"{json.dumps(quality[str(choice.layer)])}")
+    rising = ", ".join(f"{t:.3f} at {n:,}" for n, t in choice.scope.config.count_thresholds)
+    if rising:
+        console.print(f"threshold by stored corrections: {rising}")
     console.print(f"saved to {out}")
 
 

@@ -11,6 +11,7 @@ from mend.scope.fit import (
     ScopeData,
     calibrate,
     examples_of,
+    fit_choosing_layer,
     fit_scope,
     init_scope,
     measure,
@@ -143,3 +144,19 @@ def test_routing_uses_the_threshold_for_the_number_of_stored_corrections():
     few = route(scope, queries, usable, [[]], keys[:2], torch.arange(2), torch.full((2, 1, 1), -1), 2)
     many = route(scope, queries, usable, [[]], keys, torch.arange(4), torch.full((4, 1, 1), -1), 4)
     assert set(few.active[0].tolist()) == {0, 1} and many.active[0].tolist() == []
+
+
+def test_fitting_at_several_blocks_keeps_one_calibrated_and_raised_for_larger_counts():
+    model = tiny_model("llama")
+    records = _records()
+    choice = fit_choosing_layer(model, {"unrelated": records[:10]}, {"unrelated": records[10:]}, [0, 1],
+                                dim=16, max_false_positive_rate=0.2, steps=20)
+    assert choice.layer in (0, 1) and set(choice.per_layer) == {0, 1}
+    config = choice.scope.config
+    assert config.layer == choice.layer
+    # The schedule starts at the held-out corrections' count and its calibrated threshold;
+    # with ten training keys at hand it reaches no further than ten times the fifteen.
+    counts = [n for n, _ in config.count_thresholds]
+    assert config.count_thresholds[0] == (5, config.threshold)
+    assert counts == sorted(counts) and counts[-1] <= 150
+    assert config.threshold_at(10**6) >= config.threshold
