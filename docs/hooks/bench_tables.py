@@ -239,7 +239,7 @@ def edits_scaling() -> str:
         text += ("\n\nTen thousand simultaneous CounterFact corrections (`counterfact-train`, scoped; "
                  "an evenly spaced sample scored with all of them applied; `--counterfact-10000`; locality also "
                  "over the records whose probes name no stored subject, and over those whose probes ask no "
-                 "stored correction's own fact, which may rightly change: "
+                 "stored correction's own fact (a probe asking one should change): "
                  "[What is measured](../concepts/scoped.md#what-is-measured)):\n\n"
                  + markdown(["corrections", "scored", "edit / gen / loc", "loc, naming no stored subject",
                              "loc, asking no stored fact", "editing s", "whole run s"],
