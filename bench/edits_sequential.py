@@ -13,8 +13,9 @@ replaced by a newer one of the same prompt or question, or refused as contradict
 in its batch, is not; ``edit_success_all`` scores every queued correction),
 ``first_100_edit_success`` over the live ones among the first 100 (the oldest, re-scored
 after 990 more), and locality (unchanged argmax at their
-locality answers against the unedited model). Every correction is accepted (no policy),
-to measure the editing itself. Writes ``bench/results/edits_sequential.json``, with
+locality answers against the unedited model). Every correction is accepted (no
+thresholds), to measure the editing itself, except one that would undo a live correction
+it is switched on with (``AcceptancePolicy.protect_active``, routed runs: ``rejected``). Writes ``bench/results/edits_sequential.json``, with
 ``_scale<X>`` in the name for a regulariser scale X other than 1 (the apply config's
 ``regulariser_scale``: locality against edit success), ``_passes<N>`` for N capture
 passes per batch (its ``passes``) and ``_<aggregation>`` for an aggregation other than
@@ -103,6 +104,7 @@ def main() -> None:
         "live": len(live),
         "superseded": len(report.applied) - len(live),
         "dead_lettered": len(report.dead_lettered),
+        "rejected": len(report.rejected),
         "edit_success_all": round(sum(every) / len(every), 4),
         "wall_s": round(wall, 1),
         "n": args.n,

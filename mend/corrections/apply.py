@@ -3,8 +3,9 @@
 One run, under the queue's lease: recover what a killed run left half done, then for
 each batch of pending corrections: re-validate, compute the batch's edit on the model as
 currently corrected, score every correction (its prompt, rephrases and locality probes,
-plus the regression probes for the batch), refuse the ones the policy rejects, publish a
-version with the accepted ones (manifest last), and only then move them to ``applied/``.
+plus the regression probes for the batch; routed: which active corrections it undoes),
+refuse the ones the policy rejects, publish a version with the accepted ones (manifest
+last), and only then move them to ``applied/``.
 
 Exactly once: a correction counts as applied when a published manifest adds it. A run
 killed after publishing but before moving its corrections is finished by the next run's
@@ -32,6 +33,7 @@ from mend.corrections.policy import (
     regression_agreement,
     verdict,
 )
+from mend.corrections.protect import PromptStates, undone_by
 from mend.corrections.queue import CorrectionQueue
 from mend.corrections.schema import Correction, InvalidCorrection, check_tokenizable, normalise
 from mend.corrections.versions import ActiveSet, VersionStore
@@ -182,6 +184,7 @@ class ApplyRun:
         self.versions = VersionStore(queue.store, queue.prefix)
         self.report = ApplyReport()
         self._asked: tuple[str, list[str], Questions] | None = None  # the latest batch's questions
+        self._prompt_states: PromptStates | None = None  # active prompts' scope-block states
 
     def run(self) -> ApplyReport:
         config = self.config
@@ -296,6 +299,18 @@ class ApplyRun:
                                    showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
         return landed.edit, landed.strengths.tolist()
 
+    def _undone(self, edit: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
+        """The batch's corrections that undo an active one they are switched on with, while
+        the judged set is hooked in (routed runs whose policy protects active corrections;
+        :mod:`mend.corrections.protect`)."""
+        if current is None or not self.config.policy.protect_active or not getattr(edit.change, "routed", False):
+            return {}
+        if self._prompt_states is None:
+            self._prompt_states = PromptStates(self.model, edit.change.scope)
+        earlier = [r for r in current.requests if r.request_id not in replaced]
+        return undone_by(edit, earlier, self._prompt_states, len(earlier) + len(edit.requests),
+                         lambda: self.hooked.showing(current))
+
     def _changeable_probes(self, batch: list[Correction], edit: Edit, replaced: set[str]) -> list[bool] | None:
         """Which of the batch's locality probes publishing it can change (None: all). A
         routed batch changes only inputs that switch on one of its corrections or one it
@@ -319,6 +334,8 @@ class ApplyRun:
         if strengths is not None:
             for c, strength in zip(batch, strengths, strict=True):
                 metrics[c.id]["strength"] = strength
+        for cid, undone in self._undone(edit, current, replaced).items():
+            metrics[cid]["undoes"] = undone
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
         self._reject([c for c in batch if reasons[c.id] is not None], reasons, metrics)
         accepted = [i for i, c in enumerate(batch) if reasons[c.id] is None]

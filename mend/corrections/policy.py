@@ -39,6 +39,10 @@ class AcceptancePolicy(BaseModel):
     min_generalization: float = Field(0.0, ge=0, le=1, description="token accuracy on the rephrases")
     min_locality: float = Field(0.8, ge=0, le=1, description="unchanged predictions on its own locality probes")
     min_regression: float = Field(0.95, ge=0, le=1, description="unchanged predictions on the regression probes")
+    protect_active: bool = Field(
+        True, description="refuse a correction that undoes an active one it is switched on with (routed edits: "
+        "that correction's prompt got its target before the batch and no longer does)",
+    )
 
 
 def locality_inputs(corrections: Sequence[Correction]) -> tuple[list[str], list[str], list[int]]:
@@ -138,4 +142,6 @@ def verdict(policy: AcceptancePolicy, metrics: dict) -> str | None:
         return f"generalization {metrics['generalization']:.3f} < {policy.min_generalization}"
     if "locality" in metrics and metrics["locality"] < policy.min_locality:
         return f"locality {metrics['locality']:.3f} < {policy.min_locality}"
+    if policy.protect_active and metrics.get("undoes"):
+        return f"undoes active correction {metrics['undoes'][0]!r} (its prompt no longer gets its target)"
     return None

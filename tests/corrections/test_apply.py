@@ -446,3 +446,35 @@ def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it
     for cid, entry in full.items():
         assert fast[cid]["metrics"]["locality"] == entry["metrics"]["locality"]
         assert fast[cid]["metrics"]["strength"] in DEFAULT_STRENGTHS
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is_refused(tmp_path, protect):
+    from mend.evaluation.scoring import score_targets
+
+    queue, model, editor = _scoped_setup(tmp_path)
+    # Learned scores switch nothing on; the subject test switches a correction on for any
+    # prompt naming its subject: the newer correction (about "Toodyay") is switched on at
+    # the older one's prompt, which names it, without asking the same question.
+    editor.scope = editor.scope.with_threshold(0.999, -0.99)
+    policy = LENIENT.model_copy(update={"protect_active": protect})
+    config = ApplyConfig(batch_size=1, policy=policy, aggregation="scoped")
+    old = _question("old", "Who designed Toodyay Fire Station?", "Paris", "Toodyay Fire Station", 0)
+    queue.submit([old])
+    apply_pending(queue, model, editor, config)
+    versions = VersionStore(queue.store)
+
+    def old_holds() -> bool:
+        with versions.load_edit(versions.active(versions.latest())).applied(model):
+            return score_targets(model, [old["prompt"]], [old["target"]]).exact[0]
+
+    assert old_holds()
+    queue.submit([_question("new", "Where is Toodyay?", "Rome", "Toodyay", 1)])
+    report = apply_pending(queue, model, editor, config)
+    if protect:
+        assert report.applied == [] and report.rejected == [
+            ("new", "undoes active correction 'old' (its prompt no longer gets its target)")]
+        assert queue.read("rejected", "new")["metrics"]["undoes"] == ["old"]
+        assert old_holds()
+    else:  # without the check the newer correction is published and the older one no longer holds
+        assert report.applied == ["new"] and not old_holds()
