@@ -207,11 +207,7 @@ class _ScoredRows:
         return (hidden[self.scored.to(hidden.device)].unsqueeze(0), *args[1:])
 
     def spread(self, logits: Tensor) -> Tensor:
-        if not self.gathered:
-            return logits
-        scored = self.scored.to(logits.device)
-        out = logits.new_zeros(*scored.shape, logits.shape[-1])
-        return out.index_put((*scored.nonzero(as_tuple=True),), logits[0])
+        return _laid_out(self.scored.to(logits.device), logits[0]) if self.gathered else logits
 
 
 @contextmanager
@@ -323,9 +319,14 @@ def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-position NLL (``(B, T)``), zero where the label is ignored (and not computed
     there: a vocabulary-wide softmax per position is not free)."""
     scored = labels != IGNORE
-    nll = F.cross_entropy(logits[scored].float(), labels[scored], reduction="none")
-    return torch.zeros(labels.shape, dtype=nll.dtype, device=nll.device).index_put(
-        (*scored.nonzero(as_tuple=True),), nll)
+    return _laid_out(scored, F.cross_entropy(logits[scored].float(), labels[scored], reduction="none"))
+
+
+def _laid_out(where: Tensor, values: Tensor) -> Tensor:
+    """``values`` (one row per true entry of ``where``) at those entries of a zero tensor
+    shaped ``where.shape + values.shape[1:]`` (differentiable in ``values``)."""
+    out = values.new_zeros(*where.shape, *values.shape[1:])
+    return out.index_put((*where.nonzero(as_tuple=True),), values)
 
 
 def per_example_nll(logits: Tensor, labels: Tensor) -> Tensor:

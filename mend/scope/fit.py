@@ -205,16 +205,12 @@ def calibrate(
     ``subject_floor``) the lowest value at which the inputs that also contain a
     correction's subject keep the total within the budget."""
     keys = scope.embed(data.keys)
-
-    def budget(name: str) -> float:
-        return _budget(max_false_positive_rate, name)
-
     share = _learned_share(subject_test)
     scored = {name: best_token_scores(scope, keys, neg) for name, neg in data.negatives.items()}
     threshold = -1.0
     for name, sims in scored.items():
         if len(sims):
-            threshold = max(threshold, _lowest_within(sims.amax(1), share * budget(name)))
+            threshold = max(threshold, _lowest_within(sims.amax(1), share * _budget(max_false_positive_rate, name)))
     threshold = min(threshold, 1.0)
     if not subject_test:
         return scope.with_threshold(threshold)
@@ -226,7 +222,7 @@ def calibrate(
         # Each input's best score among the corrections whose subject it contains.
         named = gated(sims, data.negatives[name].ids, data.subjects, 2.0, subject_floor, max_checks=len(keys))
         best_named = sims.masked_fill(~named, -2.0).amax(1).masked_fill(strong, -2.0)
-        left = budget(name) - strong.float().mean().item()
+        left = _budget(max_false_positive_rate, name) - strong.float().mean().item()
         subject_threshold = max(subject_threshold, _lowest_within(best_named, max(left, 0.0)))
     return scope.with_threshold(threshold, min(subject_threshold, threshold))
 

@@ -4,9 +4,10 @@ Scoped edits hooked into one model share one :class:`RoutedChanges`. Per forward
 of a new sequence (no cached keys yet), a hook on the scope model's block embeds every
 prompt token, scores each stored correction by its best token (see
 :mod:`mend.scope.model`) and switches on, for that sequence, the corrections at or above
-the threshold for that many stored corrections (at most ``max_active``, the best first); teacher-forced scoring marks
-which positions are the prompt (:mod:`mend.models.prompt_window`). Hooks on the edited matrices
-then add only those corrections' rows, so a sequence matching nothing is computed
+the threshold for that many stored corrections (at most ``max_active``, the best first);
+teacher-forced scoring marks which positions are the prompt
+(:mod:`mend.models.prompt_window`). Hooks on the edited matrices then add only those
+corrections' rows, so a sequence matching nothing is computed
 exactly as by the base model. Generation keeps the decision made on the prompt for
 every token it adds (later forwards carry a non-empty cache).
 
