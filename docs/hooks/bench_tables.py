@@ -291,13 +291,22 @@ def router() -> str:
               if key in d["at_10000"]["all"]]
     header = ["stored corrections", "threshold", "recall zsRE", "recall CounterFact", "recall all", "own first",
               "false positives NQ", "false positives neighbourhood", *(label for _, label in splits)]
+    relation = "subject_test_only" in d["at_1000"]
+    if relation:
+        header.insert(1, "routed by")
     rows = []
     for part in (d["at_1000"], d["at_10000"]):
         everything = part["all"]
-        rows.append([count(everything["stored"]), f"{everything['threshold']:.3f}", metric(part["zsre"]["recall"]),
+        rows.append([count(everything["stored"]), *(["subject and relation tests"] if relation else []),
+                     f"{everything['threshold']:.3f}", metric(part["zsre"]["recall"]),
                      metric(part["counterfact"]["recall"]), metric(everything["recall"]), metric(everything["top1"]),
                      metric(everything["fpr_nq"]), metric(everything["fpr_neighbourhood"]),
                      *(metric(everything[key]) for key, _ in splits)])
+        if relation:  # the same corrections and queries without the relation test
+            alone = part["subject_test_only"]
+            rows.append([count(alone["stored"]), "subject test only", f"{alone['threshold']:.3f}", "", "",
+                         metric(alone["recall"]), metric(alone["top1"]), metric(alone["fpr_nq"]),
+                         metric(alone["fpr_neighbourhood"]), *(metric(alone[key]) for key, _ in splits)])
     scope = d["scope"]
     sweep = d.get("threshold_sweep_10000")
     if sweep:
@@ -308,6 +317,15 @@ def router() -> str:
                                    *(label for _, label in splits)], note_rows))
     else:
         sweep_table = ""
+    keeps = d.get("relation_sweep_10000")
+    if keeps:
+        sweep_table += ("\n\nAt 10,000 stored, under relation thresholds keeping other shares of the held-out "
+                        "training rephrases:\n\n" + markdown(
+                            ["rephrases kept (training)", "relation threshold", "recall all", "false positives NQ",
+                             "false positives neighbourhood", *(label for _, label in splits)],
+                            [[metric(q["keep"]), f"{q['relation_threshold']:.3f}", metric(q["recall"]),
+                              metric(q["fpr_nq"]), metric(q["fpr_neighbourhood"]),
+                              *(metric(q[key]) if key in q else "-" for key, _ in splits)] for q in keeps]))
     note = "".join(f"\n\n{label[0].upper() + label[1:]}: the {d['test_data'][key.removeprefix('fpr_')]}."
                    for key, label in splits)
     schedule = scope.get("count_thresholds") or []
@@ -316,7 +334,9 @@ def router() -> str:
         if schedule else ""
     return markdown(header, rows) + note + sweep_table + (
         f"\n\nScope model: block {scope['layer']}, {scope['dim']} dimensions, threshold "
-        f"{scope['threshold']:.3f} (calibrated on held-out training records){rises}."
+        f"{scope['threshold']:.3f} (calibrated on held-out training records){rises}"
+        + (f"; relation threshold {scope['relation_threshold']:.3f}." if scope.get("relation_threshold") is not None
+           else ".")
     ) + source("router", d, d["command"])
 
 

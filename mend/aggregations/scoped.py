@@ -27,7 +27,7 @@ from mend.aggregations.base import (
 )
 from mend.aggregations.summed import SummedChange
 from mend.deltas import LowRankDelta
-from mend.scope.keys import correction_keys, correction_subjects
+from mend.scope.keys import correction_scope_keys, correction_subjects
 from mend.scope.model import ScopeModel
 from mend.scope.routing import RoutedChanges
 from mend.scope.subjects import cat_padded
@@ -36,8 +36,10 @@ SCOPE_DIR = "scope"
 
 
 class ScopedChange(FactorChange):
-    """Per module each request's rank-1 terms, plus each request's scope keys and the
-    spellings of its subject (``subjects``: ``(keys, variants, tokens)``, -1 padded)."""
+    """Per module each request's rank-1 terms, plus each request's scope keys, the
+    spellings of its subject (``subjects``: ``(keys, variants, tokens)``, -1 padded) and
+    its relation keys (``relations``: ``(keys, width)``, width 0 when the scope model has
+    no relation key)."""
 
     name = "scoped"
     routed = True
@@ -50,6 +52,7 @@ class ScopedChange(FactorChange):
         n_requests: int,
         scope: ScopeModel,
         subjects: Tensor | None = None,
+        relations: Tensor | None = None,
     ):
         if keys.shape[0] != key_request.shape[0]:
             raise ValueError(f"{keys.shape[0]} scope keys but {key_request.shape[0]} owners")
@@ -57,8 +60,16 @@ class ScopedChange(FactorChange):
             subjects = torch.full((keys.shape[0], 1, 1), -1, dtype=torch.long)
         if subjects.shape[0] != keys.shape[0]:
             raise ValueError(f"{keys.shape[0]} scope keys but {subjects.shape[0]} subjects")
+        width = scope.config.dim if scope.has_relation else 0
+        if relations is None and width == 0:
+            relations = keys.new_zeros(keys.shape[0], 0)
+        if relations is None or relations.shape != (keys.shape[0], width):
+            got = None if relations is None else tuple(relations.shape)
+            raise ValueError(f"{keys.shape[0]} scope keys need relation keys of shape {(keys.shape[0], width)} "
+                             f"under this scope model, got {got}")
         super().__init__(deltas)
         self.subjects = subjects
+        self.relations = relations
         self.keys = keys
         self.key_request = key_request
         self.n_requests = n_requests
@@ -77,14 +88,15 @@ class ScopedChange(FactorChange):
         if editor.scope is None:
             raise ValueError("a scoped edit needs a scope model: train one (mend.scope.fit) and attach it "
                              "to the editor (editor.scope = ScopeModel.load(...))")
-        keys = correction_keys(editor.scope, source.model, source.prompts, source.subjects)
+        keys, relations = correction_scope_keys(editor.scope, source.model, source.prompts, source.subjects)
         n = len(source.prompts)
-        return cls(terms, keys, torch.arange(n), n, editor.scope, correction_subjects(source.model, source.subjects))
+        return cls(terms, keys, torch.arange(n), n, editor.scope, correction_subjects(source.model, source.subjects),
+                   relations)
 
     def select(self, remap: Tensor) -> ScopedChange:
         keep = remap[self.key_request] >= 0
         return ScopedChange(select_rows(self._deltas, remap), self.keys[keep], remap[self.key_request[keep]],
-                            int((remap >= 0).sum()), self.scope, self.subjects[keep])
+                            int((remap >= 0).sum()), self.scope, self.subjects[keep], self.relations[keep])
 
     def scaled(self, factors: Tensor) -> ScopedChange:
         """Each request's change times ``factors[request]`` (its strength; see
@@ -93,11 +105,11 @@ class ScopedChange(FactorChange):
         if factors.shape != (self.n_requests,):
             raise ValueError(f"{tuple(factors.shape)} strengths for {self.n_requests} requests")
         return ScopedChange(scale_rows(self._deltas, factors), self.keys, self.key_request, self.n_requests,
-                            self.scope, self.subjects)
+                            self.scope, self.subjects, self.relations)
 
     def shifted(self, offset: int) -> ScopedChange:
         return ScopedChange(shift_rows(self._deltas, offset), self.keys, self.key_request + offset,
-                            self.n_requests, self.scope, self.subjects)
+                            self.n_requests, self.scope, self.subjects, self.relations)
 
     @classmethod
     def cat(cls, parts: list[Change]) -> ScopedChange:
@@ -107,21 +119,22 @@ class ScopedChange(FactorChange):
         n_requests = sum(p.n_requests for p in parts)  # parts arrive numbered one after another
         return cls(cat_rows([p.deltas() for p in parts]), torch.cat([p.keys for p in parts]),
                    torch.cat([p.key_request for p in parts]), n_requests, scope,
-                   cat_padded([p.subjects for p in parts]))
+                   cat_padded([p.subjects for p in parts]), torch.cat([p.relations for p in parts]))
 
     def with_pass(self, further: Change) -> ScopedChange:
         """Both passes' rows under this edit's scope keys (a pass re-captures the same requests)."""
         return ScopedChange(cat_rows([self._deltas, further.deltas()]), self.keys, self.key_request,
-                            self.n_requests, self.scope, self.subjects)
+                            self.n_requests, self.scope, self.subjects, self.relations)
 
     def detach(self) -> ScopedChange:
         return ScopedChange({n: d.detach() for n, d in self._deltas.items()}, self.keys.detach(),
-                            self.key_request, self.n_requests, self.scope, self.subjects)
+                            self.key_request, self.n_requests, self.scope, self.subjects, self.relations.detach())
 
     def tensors(self) -> dict[str, Tensor]:
         return {**super().tensors(), "scope.keys": self.keys.detach().contiguous().cpu(),
                 "scope.key_request": self.key_request.contiguous().cpu(),
-                "scope.subjects": self.subjects.contiguous().cpu()}
+                "scope.subjects": self.subjects.contiguous().cpu(),
+                "scope.relations": self.relations.detach().contiguous().cpu()}
 
     def meta(self) -> dict:
         return {"scope": {"fingerprint": self.scope.fingerprint(), "config": self.scope.config.model_dump(),
@@ -146,7 +159,7 @@ class ScopedChange(FactorChange):
         if not torch.isin(torch.arange(n_requests), tensors["scope.key_request"]).all():
             raise ValueError(f"{directory}: a request of this scoped edit has no scope key")
         return cls(factors_from(tensors, meta["modules"]), tensors["scope.keys"], tensors["scope.key_request"],
-                   n_requests, scope, tensors.get("scope.subjects"))
+                   n_requests, scope, tensors.get("scope.subjects"), tensors.get("scope.relations"))
 
     def hook_into(self, model: nn.Module, key: object) -> None:
         RoutedChanges.of(model).add(key, self)

@@ -60,7 +60,9 @@ def undone_by(
     scope = change.scope
     prompts = states.padded([r.prompt for r in earlier])
     sims = best_token_scores(scope, change.keys, prompts)  # (earlier, batch keys)
-    on = gated(sims, prompts.ids, change.subjects, scope.config.threshold_at(stored), scope.config.subject_threshold)
+    related = scope.related(scope.embed_relation(prompts.last()), change.relations)
+    on = gated(sims, prompts.ids, change.subjects, scope.config.threshold_at(stored), scope.config.subject_threshold,
+               related=related)
     hit = on.any(1).nonzero().flatten().tolist()
     if not hit:
         return {}

@@ -10,7 +10,7 @@ request which adapters it falls within, exactly by the rule of the forward pass
     merged/            every correction summed into one adapter: the weight-space version
                        for servers that cannot route (it changes unrelated answers too)
     router/index.json  format, base model, adapter name and request id of each correction
-    router/index.safetensors   the scope keys, their owners and subjects' spellings
+    router/index.safetensors   the scope keys, their owners, subjects' spellings and relation keys
     router/scope/      the scope model the keys were made with
 
 Per request: ``names = router.pick(model, [prompt])[0]``; none -> the base model; one ->
@@ -62,7 +62,8 @@ def save_routed_adapters(edit: Edit, directory: str | Path, base_model_name_or_p
     router.mkdir(parents=True, exist_ok=True)
     change.scope.save(router / "scope")
     save_file({"keys": change.keys.detach().contiguous().cpu(), "key_request": change.key_request.contiguous().cpu(),
-               "subjects": change.subjects.contiguous().cpu()}, router / "index.safetensors")
+               "subjects": change.subjects.contiguous().cpu(), "relations": change.relations.detach().contiguous().cpu()},
+              router / "index.safetensors")
     (router / "index.json").write_text(json.dumps({
         "format": ROUTER_FORMAT, "base_model": edit.base_model, "scope_fingerprint": change.scope.fingerprint(),
         "adapters": names, "request_ids": [r.request_id for r in edit.requests],
@@ -73,8 +74,9 @@ def save_routed_adapters(edit: Edit, directory: str | Path, base_model_name_or_p
 class AdapterRouter:
     """Picks the per-correction adapters a request falls within (see the module docs)."""
 
-    def __init__(self, scope: ScopeModel, keys, key_request, subjects, adapters: list[str]):
+    def __init__(self, scope: ScopeModel, keys, key_request, subjects, adapters: list[str], relations=None):
         self.scope, self.keys, self.key_request, self.subjects = scope, keys, key_request, subjects
+        self.relations = relations if relations is not None else keys.new_zeros(len(keys), 0)
         self.adapters = adapters
 
     @classmethod
@@ -87,7 +89,7 @@ class AdapterRouter:
         if scope.fingerprint() != meta["scope_fingerprint"]:
             raise ValueError(f"{router}: its scope model does not match the fingerprint in index.json")
         index = load_file(router / "index.safetensors")
-        return cls(scope, index["keys"], index["key_request"], index["subjects"], meta["adapters"])
+        return cls(scope, index["keys"], index["key_request"], index["subjects"], meta["adapters"], index.get("relations"))
 
     @torch.no_grad()
     def pick(self, model: EditableModel, prompts: Sequence[str]) -> list[list[str]]:
@@ -97,5 +99,6 @@ class AdapterRouter:
         states = block_states(model, prompts, self.scope.config.layer)
         padded = Padded.of(states, self.scope.config.skip_first, max_tokens=max((len(s.ids) for s in states), default=1))
         routing = route(self.scope, self.scope.embed(padded.states), padded.usable, padded.ids, self.keys,
-                        self.key_request, self.subjects, len(self.adapters))
+                        self.key_request, self.subjects, len(self.adapters),
+                        self.scope.embed_relation(padded.last()), self.relations)
         return [[self.adapters[i] for i in active.tolist()] for active in routing.active]

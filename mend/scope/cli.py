@@ -12,6 +12,7 @@ copy of an editor that edits ``scoped`` with that scope model.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -30,6 +31,8 @@ def fit_command(
     max_fpr: float = typer.Option(0.01, "--max-fpr", help="false-positive budget on the held-out locality prompts"),
     steps: int = typer.Option(1000, "--steps"),
     dim: int = typer.Option(128, "--dim"),
+    relation: bool = typer.Option(True, "--relation/--no-relation",
+                                  help="requests passing by the subject test must also ask the correction's question"),
 ) -> None:
     """Fit a scope model, choosing its block and threshold on held-out training records."""
     from mend.data import load_dataset
@@ -43,15 +46,20 @@ def fit_command(
         train[path.name], held_out[path.name] = records[:cut], records[cut:]
     choice = fit_choosing_layer(EditableModel.load(model), train, held_out,
                                 [int(x) for x in layers.split(",")], dim=dim, max_false_positive_rate=max_fpr,
-                                steps=steps)
+                                steps=steps, relation_test=relation)
     quality = {str(layer): {"recall": q.recall, "top1": q.top1, "false_positives": q.false_positives,
                             "threshold": q.threshold} for layer, q in choice.per_layer.items()}
-    choice.scope.save(out, extra={"data": [str(p) for p in data], "layer_choice": quality})
+    relation = {"relation": asdict(choice.relation)} if choice.relation is not None else {}
+    choice.scope.save(out, extra={"data": [str(p) for p in data], "layer_choice": quality, **relation})
     console.print(f"block {choice.layer}, threshold {choice.scope.config.threshold:.3f}: "
                   f"{json.dumps(quality[str(choice.layer)])}")
     rising = ", ".join(f"{t:.3f} at {n:,}" for n, t in choice.scope.config.count_thresholds)
     if rising:
         console.print(f"threshold by stored corrections: {rising}")
+    if choice.relation is not None:
+        r = choice.relation
+        console.print(f"relation key: threshold {r.threshold:.3f}, keeps {r.rephrases_kept:.3f} of held-out rephrases, "
+                      f"lets {r.others_passing:.3f} of other questions about their subjects through")
     console.print(f"saved to {out}")
 
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from mend.models.editable import EditableModel
-from mend.scope.model import ScopeConfig, ScopeModel
+from mend.scope.model import ScopeConfig, ScopeModel, whitening
+from mend.scope.relation import RelationData, RelationReport, fit_relation
 from mend.scope.scores import Padded, best_token_scores
 from mend.scope.states import layer_states, subject_position
 from mend.scope.subjects import gated, subject_tokens
@@ -52,6 +53,16 @@ class ScopeData:
     positives: Padded  # rephrases
     positive_owner: Tensor  # (p,) which correction each rephrase belongs to
     negatives: dict[str, Padded]  # named sets of inputs that belong to no correction
+    relation_keys: Tensor | None = None  # (n, d_model): each correction's state at its prompt's last token
+
+    def related(self, scope: ScopeModel, queries: Padded) -> Tensor | None:
+        """``(queries, n)``: whether each query asks each correction's question (None when
+        ``scope`` has no relation key)."""
+        if not scope.has_relation:
+            return None
+        if self.relation_keys is None:
+            raise ValueError("this scope model has a relation key but the data holds no relation keys")
+        return scope.related(scope.embed_relation(queries.last()), scope.embed_relation(self.relation_keys))
 
 
 def scope_data(
@@ -82,7 +93,8 @@ def scope_data(
             negative_sets[name] = Padded.of(rows[start:stop], skip_first)
             start = stop
         out[layer] = ScopeData(keys, subjects, Padded.of(rows[len(prompts) : len(prompts) + len(rephrases)],
-                                                         skip_first), owner, negative_sets)
+                                                         skip_first), owner, negative_sets,
+                               torch.stack([rows[i].states[-1] for i in range(len(prompts))]))
     return out
 
 
@@ -92,15 +104,10 @@ def init_scope(config: ScopeConfig, data: ScopeData) -> ScopeModel:
     rows = torch.cat([data.positives.states[data.positives.usable]]
                      + [n.states[n.usable] for n in data.negatives.values()])
     scope = ScopeModel(config, rows.shape[1])
-    mean = rows.mean(0)
-    centred = rows - mean
-    cov = centred.T @ centred / max(len(rows) - 1, 1)
-    eigval, eigvec = torch.linalg.eigh(cov.double())
-    top = eigval.argsort(descending=True)[: config.dim]
-    whiten = (eigvec[:, top] / eigval[top].clamp_min(1e-6).sqrt()).float()  # (d_model, dim)
+    mean, projection = whitening(rows, config.dim)
     with torch.no_grad():
         scope.center.copy_(mean)
-        scope.proj.weight.copy_(whiten.T)
+        scope.proj.weight.copy_(projection)
     return scope
 
 
@@ -167,19 +174,22 @@ class ScopeQuality:
     false_positives: dict[str, float]  # per negative set: inputs that switch any correction on
     n_keys: int
     subject_threshold: float | None = None
+    relation_threshold: float | None = None
 
 
 @torch.no_grad()
 def measure(scope: ScopeModel, data: ScopeData) -> ScopeQuality:
     """Recall and false-positive rates of ``scope`` over every correction of ``data``,
-    routed as :mod:`mend.scope.routing` routes (threshold, subject test, ``max_active``)."""
+    routed as :mod:`mend.scope.routing` routes (threshold, subject test and its relation
+    test, ``max_active``)."""
     config = scope.config
     keys = scope.embed(data.keys)
     threshold = config.threshold_at(len(keys))
 
     def passing(queries: Padded) -> tuple[Tensor, Tensor]:
         sims = best_token_scores(scope, keys, queries)
-        return sims, gated(sims, queries.ids, data.subjects, threshold, config.subject_threshold)
+        return sims, gated(sims, queries.ids, data.subjects, threshold, config.subject_threshold,
+                           related=data.related(scope, queries))
 
     sims, passes = passing(data.positives)
     owner = data.positive_owner.unsqueeze(1)
@@ -189,7 +199,8 @@ def measure(scope: ScopeModel, data: ScopeData) -> ScopeQuality:
     outranked = ((sims > own.unsqueeze(1)) & passes).sum(1)
     recall = (passes.gather(1, owner).squeeze(1) & (outranked < config.max_active)).float().mean().item()
     false_positives = {name: passing(neg)[1].any(1).float().mean().item() for name, neg in data.negatives.items()}
-    return ScopeQuality(threshold, recall, top1, false_positives, len(keys), config.subject_threshold)
+    return ScopeQuality(threshold, recall, top1, false_positives, len(keys), config.subject_threshold,
+                        config.relation_threshold)
 
 
 @torch.no_grad()
@@ -316,7 +327,8 @@ class LayerChoice:
 
     scope: ScopeModel
     layer: int
-    per_layer: dict[int, ScopeQuality]  # measured on the held-out part of the training data
+    per_layer: dict[int, ScopeQuality]  # measured on the held-out part of the training data (no relation key)
+    relation: RelationReport | None = None  # how the relation key was fitted, if it was
 
 
 def training_sets(
@@ -342,13 +354,15 @@ def fit_choosing_layer(
     steps: int = 1000,
     seed: int = 0,
     subject_test: bool = True,
+    relation_test: bool = True,
 ) -> LayerChoice:
     """Fit a scope model at each of ``layers`` on ``train`` (named sets of edit records:
     rephrases in scope, locality prompts out of scope), calibrate each one's threshold on
     ``held_out`` (also training data) at ``max_false_positive_rate`` (with the subject
     test unless ``subject_test`` is False) and raise it for more stored corrections
     (:func:`thresholds_by_count`), and keep the block whose calibrated recall there is
-    highest."""
+    highest; with the subject test and ``relation_test``, give the kept one a relation
+    key fitted on the same records (:mod:`mend.scope.relation`)."""
     fit_sets, check_sets = training_sets(model, train, held_out, layers)
     fitted, quality = {}, {}
     for layer in layers:
@@ -359,4 +373,10 @@ def fit_choosing_layer(
         scope = thresholds_by_count(scope, check_sets[layer], fit_sets[layer].keys, max_false_positive_rate)
         fitted[layer], quality[layer] = scope, measure(scope, check_sets[layer])
     best = max(layers, key=lambda layer: (quality[layer].recall, quality[layer].top1))
-    return LayerChoice(fitted[best], best, quality)
+    if not (subject_test and relation_test):
+        return LayerChoice(fitted[best], best, quality)
+    asked = {name: [e for records in sets.values() for e in examples_of(records)]
+             for name, sets in (("train", train), ("held_out", held_out))}
+    scope, report = fit_relation(fitted[best], RelationData.of(model, asked["train"], best, seed=seed),
+                                 RelationData.of(model, asked["held_out"], best, seed=seed + 1), seed=seed)
+    return LayerChoice(scope, best, quality, report)

@@ -18,14 +18,23 @@ def correction_keys(
     scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
 ) -> Tensor:
     """One key per prompt ``(n, dim)``: the embedded state at its subject's last token."""
+    return correction_scope_keys(scope, model, prompts, subjects)[0]
+
+
+@torch.no_grad()
+def correction_scope_keys(
+    scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per prompt its key (:func:`correction_keys`) and its relation key: the relation
+    embedding of the state at its last token (width 0 when ``scope`` has none). One pass."""
     subjects = list(subjects) if subjects is not None else [None] * len(prompts)
     if len(subjects) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
     states = block_states(model, prompts, scope.config.layer)
+    if not states:
+        return torch.zeros(0, scope.config.dim), scope.embed_relation(torch.zeros(0, scope.d_model))
     rows = [s.states[subject_position(p, s.offsets, subj)] for p, s, subj in zip(prompts, states, subjects, strict=True)]
-    if not rows:
-        return torch.zeros(0, scope.config.dim)
-    return scope.embed(torch.stack(rows))
+    return scope.embed(torch.stack(rows)), scope.embed_relation(torch.stack([s.states[-1] for s in states]))
 
 
 def correction_subjects(model: EditableModel, subjects: Sequence[str | None]) -> Tensor:

@@ -17,7 +17,13 @@ made separable by training as SERAC does:
   what the correction is about, while those that do not (aliases) need the higher score;
 * the threshold rises with the number of stored corrections (``count_thresholds``): an
   unrelated request is switched on by its best-scoring key, and among more keys the
-  best one scores higher by chance alone (:func:`mend.scope.fit.thresholds_by_count`).
+  best one scores higher by chance alone (:func:`mend.scope.fit.thresholds_by_count`);
+* a request passing only by the subject test must also ask the correction's question
+  when the model has a **relation key** (``relation_threshold``): the embedded state at
+  the last token of the correction's prompt, against the request's last prompt token.
+  The subject key cannot tell "Seoul's twin city" from "Seoul's country" when the prompt
+  begins with the subject (a causal model has not read the question there); the
+  relation key is trained to (:mod:`mend.scope.relation`).
 
 The embedding ``normalise(W (h - c))`` is learned (:mod:`mend.scope.fit`) so that
 rephrases of a correction score high and unrelated or same-relation/other-subject
@@ -58,6 +64,11 @@ class ScopeConfig(BaseModel):
         "``threshold_at`` gives that threshold; in between it is interpolated in log count, at or below the first "
         "count it is ``threshold``, beyond the last the last (empty: ``threshold`` at every count)",
     )
+    relation_threshold: float | None = Field(
+        None, gt=-1, le=1,
+        description="cosine at or above which a request's last prompt token must score against a correction's "
+        "relation key for the subject test to switch the correction on (None: no relation key)",
+    )
     skip_first: int = Field(1, ge=0, description="leading prompt positions never matched")
     max_active: int = Field(8, ge=1, description="most corrections switched on for one sequence")
 
@@ -73,6 +84,30 @@ class ScopeConfig(BaseModel):
         return points[-1][1]
 
 
+def whitening(rows: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The mean of ``rows`` (n, d) and the ``(dim, d)`` projection onto their ``dim``
+    leading principal directions, scaled to unit variance: where a learned embedding
+    starts, so that raw cosines start out meaningful."""
+    mean = rows.mean(0)
+    centred = rows - mean
+    cov = centred.T @ centred / max(len(rows) - 1, 1)
+    eigval, eigvec = torch.linalg.eigh(cov.double())
+    top = eigval.argsort(descending=True)[:dim]
+    return mean, (eigvec[:, top] / eigval[top].clamp_min(1e-6).sqrt()).float().T
+
+
+class RelationKey(nn.Module):
+    """``normalise(W (h - c))`` of states at a prompt's last token: what a request asks."""
+
+    def __init__(self, d_model: int, dim: int):
+        super().__init__()
+        self.register_buffer("center", torch.zeros(d_model))
+        self.proj = nn.Linear(d_model, dim, bias=False)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return nn.functional.normalize(self.proj(states - self.center), dim=-1)
+
+
 class ScopeModel(nn.Module):
     """The learned embedding of hidden states plus its routing settings."""
 
@@ -81,27 +116,64 @@ class ScopeModel(nn.Module):
         self.config = config
         self.register_buffer("center", torch.zeros(d_model))
         self.proj = nn.Linear(d_model, config.dim, bias=False)
+        if config.relation_threshold is not None:
+            self.relation = RelationKey(d_model, config.dim)
         self.metadata: dict = {}  # how it was fitted (``extra`` of scope.json)
 
     @property
     def d_model(self) -> int:
         return self.center.shape[0]
 
+    @property
+    def has_relation(self) -> bool:
+        return self.config.relation_threshold is not None
+
     def embed(self, states: Tensor) -> Tensor:
         """Unit-length embeddings of states ``(..., d_model)``."""
         return nn.functional.normalize(self.proj(states.float() - self.center), dim=-1)
+
+    def embed_relation(self, states: Tensor) -> Tensor:
+        """Unit-length relation embeddings of last-prompt-token states ``(..., d_model)``
+        (width 0 without a relation key: every request asks every correction's question)."""
+        if not self.has_relation:
+            return states.new_zeros(*states.shape[:-1], 0)
+        return self.relation(states.float())
+
+    def related(self, asked: Tensor, relations: Tensor) -> Tensor | None:
+        """``(queries, keys)``: whether each query's relation embedding ``asked`` reaches
+        the relation threshold against each key's ``relations`` (None without a relation key)."""
+        if not self.has_relation:
+            return None
+        return asked @ relations.to(asked.device).T >= self.config.relation_threshold
 
     def with_threshold(
         self, threshold: float, subject_threshold: float | None = None,
         count_thresholds: tuple[tuple[int, float], ...] = (),
     ) -> ScopeModel:
-        """The same embedding under other thresholds (by default one at every count)."""
+        """The same embedding under other thresholds (by default one at every count); a
+        relation key and its threshold are kept."""
         update = {"threshold": threshold, "subject_threshold": subject_threshold,
                   "count_thresholds": tuple(count_thresholds)}
         other = ScopeModel(self.config.model_copy(update=update), self.d_model)
         other.load_state_dict(self.state_dict())
         other.metadata = dict(self.metadata)
         return other
+
+    def without_relation(self) -> ScopeModel:
+        """The same scope with no relation key (the subject test alone)."""
+        other = ScopeModel(self.config.model_copy(update={"relation_threshold": None}), self.d_model)
+        other.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("relation.")})
+        other.metadata = dict(self.metadata)
+        return other.eval()
+
+    def with_relation(self, relation: RelationKey, threshold: float) -> ScopeModel:
+        """The same scope with a relation key that requests passing the subject test must
+        also reach at ``threshold`` (a new fingerprint: keys made before lack it)."""
+        other = ScopeModel(self.config.model_copy(update={"relation_threshold": threshold}), self.d_model)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("relation.")}
+        other.load_state_dict({**state, **{f"relation.{k}": v for k, v in relation.state_dict().items()}})
+        other.metadata = dict(self.metadata)
+        return other.eval()
 
     @torch.no_grad()
     def fingerprint(self) -> str:

@@ -33,6 +33,7 @@ from mend.models.editable import EditableModel
 from mend.models.prompt_window import current_prompt_window
 from mend.models.targets import layer_template
 from mend.scope.model import ScopeModel
+from mend.scope.scores import last_positions
 from mend.scope.states import StopForward
 from mend.scope.subjects import cat_padded, gated
 
@@ -44,6 +45,7 @@ class _Index:
     keys: Tensor  # (m, dim) unit-length
     key_owner: Tensor  # (m,) global request of each key
     subjects: Tensor  # (m, variants, tokens) spellings of each key's subject, -1 padded
+    relations: Tensor  # (m, width) relation keys (width 0: the scope model has none)
     n_requests: int
     rows: dict[str, tuple[Tensor, Tensor, Tensor]]  # module -> (u, v, start) rows sorted by request
 
@@ -66,19 +68,27 @@ def route(
     key_owner: Tensor,
     subjects: Tensor,
     n_requests: int,
+    asked: Tensor | None = None,
+    relations: Tensor | None = None,
 ) -> Routing:
     """The routing rule: which of ``n_requests`` corrections each sequence switches on.
 
     ``queries`` (B, T, dim) are the sequences' embedded token states and ``usable``
     (B, T) the positions that may match; ``sequences`` their prompt tokens (for the
     subject test); ``keys`` (m, dim) the stored keys, ``key_owner`` (m,) the request of
-    each and ``subjects`` their subjects' spellings. Used in the forward pass and by
-    adapter routers in front of multi-LoRA servers (:mod:`mend.export.routed_peft`)."""
+    each and ``subjects`` their subjects' spellings; with a scope model that has a relation
+    key, ``asked`` (B, width) the relation embeddings of the sequences' last prompt tokens
+    and ``relations`` (m, width) the keys'. Used in the forward pass and by adapter
+    routers in front of multi-LoRA servers (:mod:`mend.export.routed_peft`)."""
     config = scope.config
     b = queries.shape[0]
     sims = queries @ keys.to(queries.device).T  # (B, T, m)
     sims = sims.masked_fill(~usable.unsqueeze(-1), -2.0).amax(1)  # (B, m)
-    passing = gated(sims, sequences, subjects, config.threshold_at(n_requests), config.subject_threshold)
+    if scope.has_relation and (asked is None or relations is None):
+        raise ValueError("this scope model has a relation key: routing needs the requests' and the keys' relations")
+    related = scope.related(asked, relations) if scope.has_relation else None
+    passing = gated(sims, sequences, subjects, config.threshold_at(n_requests), config.subject_threshold,
+                    related=related)
     scores = torch.full((b, n_requests), -2.0, device=sims.device)
     owner = key_owner.to(sims.device).expand(b, -1)
     scores = scores.scatter_reduce(1, owner, sims.masked_fill(~passing, -2.0), reduce="amax")
@@ -161,11 +171,12 @@ class RoutedChanges:
         return self._index
 
     def _build(self) -> _Index:
-        keys, owners, subjects, per_module, offset = [], [], [], {}, 0
+        keys, owners, subjects, relations, per_module, offset = [], [], [], [], {}, 0
         for change in self.changes.values():
             keys.append(change.keys)
             owners.append(change.key_request + offset)
             subjects.append(change.subjects)
+            relations.append(change.relations)
             for name, delta in change.deltas().items():
                 per_module.setdefault(name, []).append(LowRankDelta(delta.u, delta.v, delta.example + offset))
             offset += change.n_requests
@@ -176,7 +187,7 @@ class RoutedChanges:
             owner = merged.example[order]
             start = torch.searchsorted(owner, torch.arange(offset + 1))
             rows[name] = (merged.u[order], merged.v[order], start)
-        return _Index(torch.cat(keys), torch.cat(owners), cat_padded(subjects), offset, rows)
+        return _Index(torch.cat(keys), torch.cat(owners), cat_padded(subjects), torch.cat(relations), offset, rows)
 
     # -- deciding on the prompt ------------------------------------------------------
     def _note_inputs(self, module, args, kwargs):
@@ -214,8 +225,11 @@ class RoutedChanges:
         usable &= window
         sequences = [row[keep].tolist() for row, keep in zip(input_ids, window, strict=True)] \
             if input_ids is not None else [[] for _ in range(b)]
+        # What each sequence asks: its last prompt token (the last real one if none is marked).
+        last = torch.where(window.any(1), last_positions(window), last_positions(real))
+        asked = scope.embed_relation(hidden[torch.arange(b, device=hidden.device), last])
         return route(scope, scope.embed(hidden), usable, sequences, index.keys, index.key_owner, index.subjects,
-                     index.n_requests)
+                     index.n_requests, asked, index.relations)
 
     def _gather(self, active: list[Tensor], batch: int) -> dict[str, tuple[Tensor, Tensor]]:
         """Per module, the switched-on rows of each sequence, zero-padded to one width."""

@@ -43,6 +43,10 @@ class Padded:
     def __len__(self) -> int:
         return self.states.shape[0]
 
+    def last(self) -> Tensor:
+        """``(n, d_model)``: each text's state at its last usable token (its last token)."""
+        return self.states[torch.arange(len(self)), last_positions(self.usable)]
+
     def take(self, index: Tensor) -> Padded:
         return Padded(self.states[index], self.usable[index], [self.ids[i] for i in index.tolist()])
 
@@ -69,3 +73,9 @@ def best_token_scores(scope: ScopeModel, keys: Tensor, queries: Padded, chunk: i
         sims = torch.einsum("qtd,kd->qtk", emb, keys)
         out.append(sims.masked_fill(~part.usable.unsqueeze(-1), -2.0).amax(1))
     return torch.cat(out) if out else torch.zeros(0, len(keys))
+
+
+def last_positions(mask: Tensor) -> Tensor:
+    """``(B,)``: per row of ``mask`` (B, T) the index of its last set position (0 if none)."""
+    width = mask.shape[1]
+    return (width - 1 - mask.flip(1).long().argmax(1)).masked_fill(~mask.any(1), 0)

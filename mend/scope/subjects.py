@@ -52,15 +52,19 @@ def gated(
     threshold: float,
     subject_threshold: float | None,
     max_checks: int = 64,
+    related: Tensor | None = None,
 ) -> Tensor:
     """Which (query, key) pairs pass: ``sims`` (Q, m) at or above ``threshold``, or at or
     above ``subject_threshold`` with the key's subject in the query's tokens (the
-    ``max_checks`` best such candidates per query are checked)."""
+    ``max_checks`` best such candidates per query are checked) and, when ``related``
+    (Q, m) is given, the query asking the key's question (its relation test)."""
     passing = sims >= threshold
     if subject_threshold is None or subject_threshold >= threshold or subjects.numel() == 0:
         return passing
     has_subject = (subjects >= 0).flatten(1).any(1).to(sims.device)
     candidates = (sims >= subject_threshold) & ~passing & has_subject
+    if related is not None:
+        candidates &= related.to(sims.device)
     for q in range(sims.shape[0]):
         keys = candidates[q].nonzero().flatten()
         if len(keys) > max_checks:

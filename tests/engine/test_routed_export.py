@@ -12,6 +12,7 @@ from peft import PeftModel
 from mend import Editor, EditorConfig
 from mend.export.routed_peft import AdapterRouter, save_routed_adapters
 from mend.scope import RoutedChanges, ScopeConfig, ScopeModel
+from mend.scope.model import RelationKey
 from tests.support.tiny_models import tiny_model
 
 PROMPTS = ["The capital of France is", "Who wrote Hamlet?"]
@@ -24,11 +25,11 @@ def _logits(model, hf_model, prompts, targets):
         return model.task.logits(hf_model, model.task.batch(prompts, targets))
 
 
-def _scoped_edit(model):
+def _scoped_edit(model, scope=None):
     editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2))
     editor.fit_normalization(model, PROMPTS, TARGETS)
     torch.manual_seed(0)
-    editor.scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999), model.model.config.hidden_size)
+    editor.scope = scope or ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999), model.model.config.hidden_size)
     return editor.edit(model, PROMPTS, TARGETS, ["fix/a", "b"], aggregation="scoped", subjects=["France", "Hamlet"])
 
 
@@ -63,3 +64,23 @@ def test_only_routed_edits_export_this_way_and_a_tampered_index_is_refused(tmp_p
     index.write_text(json.dumps({**json.loads(index.read_text()), "scope_fingerprint": "0" * 16}))
     with pytest.raises(ValueError, match="does not match"):
         AdapterRouter.load(tmp_path / "routed")
+
+
+@pytest.mark.parametrize("relation_threshold", [-0.999, 0.999])
+def test_the_router_applies_the_subject_and_relation_tests_as_the_forward_pass_does(tmp_path, relation_threshold):
+    model = tiny_model("llama")
+    d = model.model.config.hidden_size
+    torch.manual_seed(0)
+    scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999, subject_threshold=-0.99), d)
+    edit = _scoped_edit(model, scope.with_relation(RelationKey(d, 16), relation_threshold))
+    save_routed_adapters(edit, tmp_path / "routed")
+    router = AdapterRouter.load(tmp_path / "routed")
+    prompts = [*PROMPTS, "Which language does France speak?", UNRELATED]
+    picked = router.pick(model, prompts)
+    with edit.applied(model):
+        _logits(model, model.model, prompts, [*TARGETS, "French", "hot"])
+        decided = RoutedChanges.of(model.model).last
+    assert [[router.adapters[i] for i in a.tolist()] for a in decided.active] == picked
+    # Another question naming France switches its correction on only if it passes the relation test.
+    assert picked[2] == (["c00000-fix_a"] if relation_threshold < 0 else [])
+

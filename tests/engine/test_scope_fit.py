@@ -19,6 +19,8 @@ from mend.scope.fit import (
     thresholds_by_count,
     unrelated_inputs,
 )
+from mend.scope.model import RelationKey
+from mend.scope.relation import RelationData, fit_relation, other_questions
 from mend.scope.routing import route
 from mend.scope.scores import Padded
 from mend.testing.synthetic import SUBJECTS, TEMPLATES
@@ -160,3 +162,51 @@ def test_fitting_at_several_blocks_keeps_one_calibrated_and_raised_for_larger_co
     assert config.count_thresholds[0] == (5, config.threshold)
     assert counts == sorted(counts) and counts[-1] <= 150
     assert config.threshold_at(10**6) >= config.threshold
+    # The kept block's scope also learned what its corrections ask.
+    assert choice.scope.has_relation and choice.relation is not None
+    assert choice.scope.config.relation_threshold == choice.relation.threshold
+    plain = fit_choosing_layer(model, {"unrelated": records[:10]}, {"unrelated": records[10:]}, [0],
+                               dim=16, max_false_positive_rate=0.2, steps=20, relation_test=False)
+    assert not plain.scope.has_relation and plain.relation is None
+
+
+def test_other_questions_ask_another_records_question_about_each_subject():
+    records = _records()
+    prompts, owners = other_questions(records, 2, seed=1)
+    assert len(prompts) == 2 * len(records) and owners == [i for i in range(len(records)) for _ in range(2)]
+    for prompt, owner in zip(prompts, owners, strict=True):
+        record = records[owner]
+        assert record.subject in prompt
+        assert prompt.replace(record.subject, "{}") != record.prompt.replace(record.subject, "{}")
+    assert other_questions(records[:1], 2) == ([], [])  # one question only: no other to ask
+
+
+def test_a_relation_key_keeps_rephrases_and_drops_other_questions_about_their_subject(tmp_path):
+    model = tiny_model("llama")
+    records = _records()
+    data = RelationData.of(model, records, 0)
+    assert len(data.others) == 3 * len(records) and len(data.rephrases) == len(records)
+    scope = ScopeModel(ScopeConfig(layer=0, dim=16), model.model.config.hidden_size)
+    _, start = fit_relation(scope, data, data, steps=0, keep=0.9)  # the whitened start, untrained
+    fitted, report = fit_relation(scope, data, data, steps=300, keep=0.9, lr=1e-2)
+    assert report.rephrases_kept >= 0.9
+    assert report.others_passing < 0.5 and report.others_passing < start.others_passing
+    assert fitted.config.relation_threshold == report.threshold and not scope.has_relation
+    assert fitted.fingerprint() != scope.fingerprint()  # keys made without it are not comparable
+    loaded = ScopeModel.load(fitted.save(tmp_path / "scope"))
+    assert loaded.config == fitted.config and loaded.fingerprint() == fitted.fingerprint()
+    assert fitted.with_threshold(0.7).config.relation_threshold == report.threshold  # kept under other thresholds
+
+
+def test_measuring_routes_subject_test_passes_through_the_relation_test():
+    model = tiny_model("llama")
+    data = _data(model, _records())
+    scope = init_scope(ScopeConfig(layer=0, dim=16), data)
+    alone = measure(calibrate(scope, data, 0.0, subject_test=False), data)
+    with_subjects = calibrate(scope, data, 0.0)
+    relation = RelationKey(scope.d_model, 16)
+    everyone = measure(with_subjects.with_relation(relation, -0.999), data)
+    nobody = measure(with_subjects.with_relation(relation, 1.0), data)
+    assert everyone.recall == measure(with_subjects, data).recall > alone.recall
+    assert nobody.recall == alone.recall  # no rephrase asks exactly its prompt's last token
+

@@ -9,6 +9,7 @@ from mend import Edit, Editor, EditorConfig
 from mend.aggregations import ScopedChange, SummedChange
 from mend.models.prompt_window import prompt_window
 from mend.scope import RoutedChanges, ScopeConfig, ScopeModel
+from mend.scope.model import RelationKey
 from mend.scope.routing import switching_on
 from tests.support.tiny_models import tiny_model
 
@@ -181,3 +182,28 @@ def test_the_subject_test_switches_a_correction_on_for_prompts_that_name_its_sub
     with edit.applied(model), torch.no_grad():
         model.task.logits(model.model, batch)
         assert [a.tolist() for a in RoutedChanges.of(model.model).last.active] == [[0], []]
+
+
+def test_the_relation_test_keeps_a_correction_off_other_questions_naming_its_subject(tmp_path):
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    subject_test = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999, subject_threshold=-0.99), 32)
+    relation = RelationKey(32, 16)
+    prompts = [PROMPTS[0], "Which language does France speak?", UNRELATED]
+    batch = model.task.batch(prompts, [TARGETS[0], "French", "hot"])
+    # The correction's own prompt asks its question; the other question about France
+    # passes the relation test only at a threshold every pair reaches.
+    for threshold, expected in ((-0.999, [[0], [0], []]), (0.999, [[0], [], []])):
+        _, edit = _scoped_edit(model, subject_test.with_relation(relation, threshold))
+        assert edit.change.relations.shape == (2, 16)
+        loaded = Edit.load(edit.save(tmp_path / f"e{threshold}"), model)
+        assert torch.equal(loaded.change.relations, edit.change.relations)
+        with loaded.applied(model), torch.no_grad():
+            model.task.logits(model.model, batch)
+            assert [a.tolist() for a in RoutedChanges.of(model.model).last.active] == expected
+    without = _scoped_edit(model, subject_test)[1]
+    assert without.change.relations.shape == (2, 0)  # no relation key, no relation test
+    with pytest.raises(ValueError, match="relation keys of shape"):
+        ScopedChange(without.change.deltas(), without.change.keys, without.change.key_request, 2,
+                     subject_test.with_relation(relation, 0.5), without.change.subjects, without.change.relations)
+
