@@ -4,7 +4,9 @@ the base model's forward on the same prompts.
     python -m bench.routing_overhead [--corrections 10000] [--scope runs/scope-smollm2]
 
 The scope model comes from ``python -m bench.router`` (``--scope-out``). Keys are real:
-the scope keys of CounterFact prompts (``counterfact-train``, then ``counterfact-val``).
+the scope keys of CounterFact prompts (``counterfact-train``, then ``counterfact-val``),
+with their subjects' spellings and relation keys, so routing runs the subject and
+relation tests as it does when serving.
 The corrections' low-rank factors are random with the rank a MEND edit of a short
 target has (``--rank`` rows per matrix): what routing costs depends on how many keys are
 searched and how many rows are switched on, not on the rows' values. Prompts are half
@@ -29,7 +31,8 @@ from mend.data import load_zsre
 from mend.data.counterfact import load_counterfact_flat
 from mend.deltas import LowRankDelta
 from mend.editor.editor import base_model_info
-from mend.scope import RoutedChanges, ScopeModel, correction_keys
+from mend.scope import RoutedChanges, ScopeModel
+from mend.scope.keys import correction_scope_keys, correction_subjects
 
 
 def _median_forward_s(model: EditableModel, batches, repeats: int) -> float:
@@ -62,7 +65,8 @@ def main() -> None:
     if len(cases) < args.corrections:
         raise SystemExit(f"only {len(cases)} CounterFact cases for {args.corrections} corrections")
     started = time.perf_counter()
-    keys = correction_keys(scope, model, [c.prompt for c in cases], [c.subject for c in cases])
+    keys, relations = correction_scope_keys(scope, model, [c.prompt for c in cases], [c.subject for c in cases])
+    subjects = correction_subjects(model, [c.subject for c in cases])
     keys_s = time.perf_counter() - started
     n = len(cases)
     deltas = {}
@@ -71,7 +75,7 @@ def main() -> None:
         deltas[target.module_name] = LowRankDelta(
             torch.randn(rows, target.d_in) * 1e-3, torch.randn(rows, target.d_out) * 1e-3,
             torch.arange(n).repeat_interleave(args.rank))
-    change = ScopedChange(deltas, keys, torch.arange(n), n, scope)
+    change = ScopedChange(deltas, keys, torch.arange(n), n, scope, subjects, relations)
     requests = [EditRequest(c.prompt, c.target, c.record_id) for c in cases]
     edit = Edit(change, model.layouts, requests, base_model_info(model), model)
 
