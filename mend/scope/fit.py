@@ -377,6 +377,9 @@ def fit_choosing_layer(
         return LayerChoice(fitted[best], best, quality)
     asked = {name: [e for records in sets.values() for e in examples_of(records)]
              for name, sets in (("train", train), ("held_out", held_out))}
-    scope, report = fit_relation(fitted[best], RelationData.of(model, asked["train"], best, seed=seed),
-                                 RelationData.of(model, asked["held_out"], best, seed=seed + 1), seed=seed)
+    relation_train = RelationData.of(model, asked["train"], best, seed=seed)
+    if not len(relation_train.others):  # no record names its subject: the subject test never fires either
+        return LayerChoice(fitted[best], best, quality)
+    scope, report = fit_relation(fitted[best], relation_train, RelationData.of(model, asked["held_out"], best,
+                                                                               seed=seed + 1), seed=seed)
     return LayerChoice(scope, best, quality, report)

@@ -81,11 +81,14 @@ class RelationData:
         rephrases = [x for r in records for x in r.rephrases]
         others, other_owner = other_questions(records, per_record, seed)
         texts = [r.prompt for r in records] + rephrases + others
-        states = torch.stack([s.states[-1] for s in block_states(model, texts, layer)])
+        rows = [s.states[-1] for s in block_states(model, texts, layer)]
+        states = torch.stack(rows) if rows else torch.zeros(0, model.model.config.hidden_size)
         a, b = len(records), len(records) + len(rephrases)
-        return cls(states[:a], states[a:b], torch.tensor([i for i, r in enumerate(records) for _ in r.rephrases]),
+        return cls(states[:a], states[a:b],
+                   torch.tensor([i for i, r in enumerate(records) for _ in r.rephrases], dtype=torch.long),
                    states[b:], torch.tensor(other_owner, dtype=torch.long))
 
+    @torch.no_grad()
     def scores(self, relation: RelationKey) -> tuple[Tensor, Tensor]:
         """Each rephrase's and each other question's cosine with its own record's relation key."""
         keys = relation(self.keys)
@@ -136,8 +139,7 @@ def fit_relation(
         loss.backward()
         optimiser.step()
     relation.eval()
-    with torch.no_grad():
-        own, other = held_out.scores(relation)
+    own, other = held_out.scores(relation)
     threshold = float(own.quantile(1 - keep, interpolation="lower")) if len(own) else low
     threshold = min(max(threshold, -0.999), 1.0)
     report = RelationReport(threshold, float((own >= threshold).float().mean()) if len(own) else 0.0,

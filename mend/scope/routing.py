@@ -4,7 +4,9 @@ Scoped edits hooked into one model share one :class:`RoutedChanges`. Per forward
 of a new sequence (no cached keys yet), a hook on the scope model's block embeds every
 prompt token, scores each stored correction by its best token (see
 :mod:`mend.scope.model`) and switches on, for that sequence, the corrections at or above
-the threshold for that many stored corrections (at most ``max_active``, the best first);
+the threshold for that many stored corrections, or at or above the subject threshold
+when the prompt names the correction's subject and (with a relation key) its last prompt
+token asks the correction's question (at most ``max_active``, the best first);
 teacher-forced scoring marks which positions are the prompt
 (:mod:`mend.models.prompt_window`). Hooks on the edited matrices then add only those
 corrections' rows, so a sequence matching nothing is computed

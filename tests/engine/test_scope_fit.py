@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -168,6 +170,11 @@ def test_fitting_at_several_blocks_keeps_one_calibrated_and_raised_for_larger_co
     plain = fit_choosing_layer(model, {"unrelated": records[:10]}, {"unrelated": records[10:]}, [0],
                                dim=16, max_false_positive_rate=0.2, steps=20, relation_test=False)
     assert not plain.scope.has_relation and plain.relation is None
+    # Records naming no subject give the subject test nothing to fire on, and the relation key nothing to learn.
+    nameless = [dataclasses.replace(r, subject=None) for r in records]
+    unnamed = fit_choosing_layer(model, {"unrelated": nameless[:10]}, {"unrelated": nameless[10:]}, [0],
+                                 dim=16, max_false_positive_rate=0.2, steps=20)
+    assert not unnamed.scope.has_relation and unnamed.relation is None
 
 
 def test_other_questions_ask_another_records_question_about_each_subject():
