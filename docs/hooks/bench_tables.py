@@ -312,7 +312,9 @@ def router() -> str:
     if sweep:
         note_rows = [[f"{q['threshold']:.2f}", metric(q["recall"]), metric(q["fpr_nq"]), metric(q["fpr_neighbourhood"]),
                       *(metric(q[key]) if key in q else "-" for key, _ in splits)] for q in sweep]
-        sweep_table = ("\n\nAt 10,000 stored, under other single thresholds (subject threshold unchanged):\n\n"
+        unchanged = "subject and relation thresholds" if d["scope"].get("relation_threshold") is not None \
+            else "subject threshold"
+        sweep_table = (f"\n\nAt 10,000 stored, under other single thresholds ({unchanged} unchanged):\n\n"
                        + markdown(["threshold", "recall all", "false positives NQ", "false positives neighbourhood",
                                    *(label for _, label in splits)], note_rows))
     else:
@@ -337,7 +339,7 @@ def router() -> str:
         f"{scope['threshold']:.3f} (calibrated on held-out training records){rises}"
         + (f"; relation threshold {scope['relation_threshold']:.3f}." if scope.get("relation_threshold") is not None
            else ".")
-    ) + source("router", d, d["command"])
+    ) + source("router", d, d["command"] + (f"`, then `{d['measured_by']}" if "measured_by" in d else ""))
 
 
 def edits_tradeoff() -> str:

@@ -203,6 +203,7 @@ def test_a_relation_key_keeps_rephrases_and_drops_other_questions_about_their_su
     loaded = ScopeModel.load(fitted.save(tmp_path / "scope"))
     assert loaded.config == fitted.config and loaded.fingerprint() == fitted.fingerprint()
     assert fitted.with_threshold(0.7).config.relation_threshold == report.threshold  # kept under other thresholds
+    assert fitted.without_relation().fingerprint() == scope.fingerprint()  # the subject test alone again
 
 
 def test_measuring_routes_subject_test_passes_through_the_relation_test():
