@@ -77,7 +77,7 @@ def test_calibration_meets_the_false_positive_budget_and_saving_keeps_the_thresh
     assert torch.equal(loaded.proj.weight, calibrated.proj.weight)
 
 
-def test_the_subject_test_recovers_rephrases_that_name_their_subject():
+def test_the_subject_test_recovers_rephrases_naming_their_subject_and_a_relation_key_picks_which_count():
     model = tiny_model("llama")
     data = _data(model, _records())
     scope = init_scope(ScopeConfig(layer=0, dim=16), data)
@@ -89,6 +89,11 @@ def test_the_subject_test_recovers_rephrases_that_name_their_subject():
     assert gated.false_positives["unrelated"] == 0.0
     assert gated.recall > alone.recall
     assert with_subjects.config.subject_threshold < with_subjects.config.threshold
+    # A relation key decides which of those subject-test passes count: all at its lowest
+    # threshold, none at the highest (no rephrase ends on its prompt's last-token state).
+    relation = RelationKey(scope.d_model, 16)
+    assert measure(with_subjects.with_relation(relation, -0.999), data).recall == gated.recall
+    assert measure(with_subjects.with_relation(relation, 1.0), data).recall == alone.recall
 
 
 def test_the_threshold_for_a_count_interpolates_in_log_count_and_survives_saving(tmp_path):
@@ -204,17 +209,3 @@ def test_a_relation_key_keeps_rephrases_and_drops_other_questions_about_their_su
     assert loaded.config == fitted.config and loaded.fingerprint() == fitted.fingerprint()
     assert fitted.with_threshold(0.7).config.relation_threshold == report.threshold  # kept under other thresholds
     assert fitted.without_relation().fingerprint() == scope.fingerprint()  # the subject test alone again
-
-
-def test_measuring_routes_subject_test_passes_through_the_relation_test():
-    model = tiny_model("llama")
-    data = _data(model, _records())
-    scope = init_scope(ScopeConfig(layer=0, dim=16), data)
-    alone = measure(calibrate(scope, data, 0.0, subject_test=False), data)
-    with_subjects = calibrate(scope, data, 0.0)
-    relation = RelationKey(scope.d_model, 16)
-    everyone = measure(with_subjects.with_relation(relation, -0.999), data)
-    nobody = measure(with_subjects.with_relation(relation, 1.0), data)
-    assert everyone.recall == measure(with_subjects, data).recall > alone.recall
-    assert nobody.recall == alone.recall  # no rephrase asks exactly its prompt's last token
-
