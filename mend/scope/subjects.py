@@ -32,11 +32,12 @@ def subject_tokens(tokenizer, subjects: Sequence[str | None]) -> Tensor:
     return out
 
 
-def contains(sequence: Sequence[int], spellings: Tensor) -> bool:
-    """Whether ``sequence`` holds one of ``spellings`` (``(VARIANTS, MAX_TOKENS)``) contiguously."""
+def contains(sequence: Sequence[int], spellings: Tensor, present: set[int] | None = None) -> bool:
+    """Whether ``sequence`` holds one of ``spellings`` (``(VARIANTS, MAX_TOKENS)``) contiguously
+    (``present``: the set of ``sequence``'s tokens, when the caller checks it many times)."""
     for row in spellings.tolist():
         needle = [t for t in row if t >= 0]
-        if not needle:
+        if not needle or (present is not None and not present.issuperset(needle)):
             continue
         first, n = needle[0], len(needle)
         for start in range(len(sequence) - n + 1):
@@ -69,8 +70,9 @@ def gated(
         keys = candidates[q].nonzero().flatten()
         if len(keys) > max_checks:
             keys = keys[sims[q, keys].topk(max_checks).indices]
+        present = set(sequences[q])  # most candidates' subjects share no token with the request
         for k in keys.tolist():
-            if contains(sequences[q], subjects[k]):
+            if contains(sequences[q], subjects[k], present):
                 passing[q, k] = True
     return passing
 
