@@ -35,15 +35,14 @@ from mend.scope import RoutedChanges, ScopeModel
 from mend.scope.keys import correction_scope_keys, correction_subjects
 
 
-def _median_forward_s(model: EditableModel, batches, repeats: int) -> float:
+def _forward_times(model: EditableModel, batches) -> list[float]:
     times = []
     with torch.no_grad():
-        for _ in range(repeats):
-            for enc in batches:
-                start = time.perf_counter()
-                model.model(**enc, use_cache=False)
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for enc in batches:
+            start = time.perf_counter()
+            model.model(**enc, use_cache=False)
+            times.append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -87,11 +86,18 @@ def main() -> None:
     tok = model.tokenizer
     batches = [tok(prompts[i : i + args.batch], return_tensors="pt", padding=True)
                for i in range(0, len(prompts), args.batch)]
-    _median_forward_s(model, batches[:1], 1)  # warm-up
-    base = _median_forward_s(model, batches, args.repeats)
+    # Rounds alternate base and routed forwards, so that the machine's drift over the run
+    # (other load, clock) falls on both alike; the routing index is built by an untimed
+    # forward after each hooking in.
+    _forward_times(model, batches[:1])  # warm-up
+    base_times, routed_times = [], []
+    for _ in range(args.repeats):
+        base_times += _forward_times(model, batches)
+        with edit.applied(model):
+            _forward_times(model, batches[:1])
+            routed_times += _forward_times(model, batches)
+    base, routed = statistics.median(base_times), statistics.median(routed_times)
     with edit.applied(model):
-        _median_forward_s(model, batches[:1], 1)
-        routed = _median_forward_s(model, batches, args.repeats)
         with torch.no_grad():
             model.model(**batches[0], use_cache=False)
         switched_on = [len(a) for a in RoutedChanges.of(model.model).last.active]
