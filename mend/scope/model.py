@@ -154,26 +154,28 @@ class ScopeModel(nn.Module):
         relation key and its threshold are kept."""
         update = {"threshold": threshold, "subject_threshold": subject_threshold,
                   "count_thresholds": tuple(count_thresholds)}
-        other = ScopeModel(self.config.model_copy(update=update), self.d_model)
-        other.load_state_dict(self.state_dict())
-        other.metadata = dict(self.metadata)
-        return other
+        return self._reconfigured(update, self.state_dict())
 
     def without_relation(self) -> ScopeModel:
         """The same scope with no relation key (the subject test alone)."""
-        other = ScopeModel(self.config.model_copy(update={"relation_threshold": None}), self.d_model)
-        other.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("relation.")})
-        other.metadata = dict(self.metadata)
-        return other.eval()
+        return self._reconfigured({"relation_threshold": None}, self._scope_state()).eval()
 
     def with_relation(self, relation: RelationKey, threshold: float) -> ScopeModel:
         """The same scope with a relation key that requests passing the subject test must
         also reach at ``threshold`` (a new fingerprint: keys made before lack it)."""
-        other = ScopeModel(self.config.model_copy(update={"relation_threshold": threshold}), self.d_model)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("relation.")}
-        other.load_state_dict({**state, **{f"relation.{k}": v for k, v in relation.state_dict().items()}})
+        state = {**self._scope_state(), **{f"relation.{k}": v for k, v in relation.state_dict().items()}}
+        return self._reconfigured({"relation_threshold": threshold}, state).eval()
+
+    def _scope_state(self) -> dict[str, Tensor]:
+        """The weights without the relation key's."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("relation.")}
+
+    def _reconfigured(self, update: dict, state: dict[str, Tensor]) -> ScopeModel:
+        """A scope model with ``update`` applied to this one's config, holding ``state``."""
+        other = ScopeModel(self.config.model_copy(update=update), self.d_model)
+        other.load_state_dict(state)
         other.metadata = dict(self.metadata)
-        return other.eval()
+        return other
 
     @torch.no_grad()
     def fingerprint(self) -> str:
