@@ -43,8 +43,8 @@ from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope.routing import switching_on
-from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
-from mend.scope.supersede import Questions, same_question
+from mend.scope.strength import DEFAULT_STRENGTHS, Landed, strongest_landing
+from mend.scope.supersede import Questions, agreeing, same_question
 
 
 class ApplyConfig(BaseModel):
@@ -75,6 +75,13 @@ class ApplyConfig(BaseModel):
         min_length=1,
         description="scoped runs: each correction is written at the largest of these strengths at which its "
         "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) as the editor makes it",
+    )
+    retry_passes: int = Field(
+        1,
+        ge=1,
+        description="scoped runs: a correction that lands at no strength is edited again with this many "
+        "passes (each re-captures it on the model with its edit so far applied, Editor.edit) and judged as "
+        "retried; 1 retries nothing",
     )
     keep_adapters: int | None = Field(
         None,
@@ -234,14 +241,17 @@ class ApplyRun:
         return same_prompt | self._same_question(corrections)
 
     def _same_question(self, corrections: list[Correction]) -> set[str]:
-        """Active scoped corrections asking what one of ``corrections`` asks (:mod:`mend.scope.supersede`)."""
+        """Active scoped corrections asking what one of ``corrections`` asks, for another
+        target (:mod:`mend.scope.supersede`; one asking for the same target stays live)."""
         active = self.active.edit
         change = active.change if active is not None else None
         if not corrections or not getattr(change, "routed", False) or not len(change.keys):
             return set()
         questions = self._questions(change.scope, corrections)
-        same = same_question(change.scope, questions, change.keys, change.subjects).any(0)
-        return {active.requests[r].request_id for r in change.key_request[same].unique().tolist()}
+        stored = [normalise(active.requests[r].target) for r in change.key_request.tolist()]
+        same = same_question(change.scope, questions, change.keys, change.subjects)
+        same &= ~agreeing([c.target_key for c in corrections], stored)
+        return {active.requests[r].request_id for r in change.key_request[same.any(0)].unique().tolist()}
 
     def _questions(self, scope, corrections: list[Correction]) -> Questions:
         """``corrections`` as the supersession test sees them, computed once per batch
@@ -256,33 +266,43 @@ class ApplyRun:
         return questions
 
     def _one_per_question(self, batch: list[Correction]) -> list[Correction]:
-        """``batch`` less the corrections asking a question an earlier one of the batch
-        asks: dead-lettered as contradictions, like two of the same prompt (scoped runs)."""
+        """``batch`` less the corrections asking a question an earlier kept one of the
+        batch asks for another target: dead-lettered as contradictions, like two of the
+        same prompt (scoped runs). Corrections of one question with one target agree and
+        stay."""
         scope = self.editor.scope_for(self.config.aggregation)
         if scope is None or len(batch) < 2:
             return batch
         questions = self._questions(scope, batch)
         same = same_question(scope, questions, questions.keys, questions.subjects)
-        kept = []
+        kept: list[int] = []
         for i, correction in enumerate(batch):
-            earlier = same[i, :i].nonzero().flatten().tolist()
-            if not earlier:
-                kept.append(correction)
+            other = next((batch[j] for j in kept if same[i, j] and batch[j].target_key != correction.target_key), None)
+            if other is None:
+                kept.append(i)
                 continue
-            reason = f"contradicts correction {batch[earlier[0]].id!r} in the same batch (same question)"
+            reason = (f"contradicts correction {other.id!r} in the same batch "
+                      f"(same question, target {other.target!r} vs {correction.target!r})")
             _dead_letter(self.queue, correction, reason, self.report)
-        return kept
+        return [batch[i] for i in kept]
 
-    def _edit(self, batch: list[Correction], replaced: set[str]) -> Edit:
-        # A further capture pass sees the model as it would be published. Captured on the
+    def _edit(self, batch: list[Correction], replaced: set[str], passes: int | None = None,
+              beside: Edit | None = None) -> Edit:
+        # A further capture pass sees the model as it would be published (with ``beside``,
+        # the rest of the batch, when only part of it is edited again). Captured on the
         # batch's own solve stacked on the active corrections (a model never published),
         # least-squares shifts grew batch by batch until the model broke.
         return self.editor.edit(
             self.model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
-            passes=self.config.passes, aggregation=self.config.aggregation,
+            passes=passes or self.config.passes, aggregation=self.config.aggregation,
             subjects=[c.subject for c in batch],
-            applied_as=lambda so_far: self.hooked.showing(self.active.with_batch(so_far, replaced)),
+            applied_as=lambda so_far: self._showing(so_far, replaced, beside),
         )
+
+    def _showing(self, edit: Edit, replaced: set[str], beside: Edit | None = None):
+        """``edit`` (with ``beside``) hooked in with the active corrections, as it would be published."""
+        batch = edit if beside is None else Edit.concat([beside, edit])
+        return self.hooked.showing(self.active.with_batch(batch, replaced))
 
     def _reject(self, corrections: list[Correction], reason: str | dict[str, str], metrics: dict) -> None:
         for c in corrections:
@@ -290,14 +310,24 @@ class ApplyRun:
             self.queue.finish(c, "rejected", reason=why, metrics=metrics[c.id])
             self.report.rejected.append((c.id, why))
 
-    def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[float] | None]:
+    def _land(self, batch: list[Correction], edit: Edit, replaced: set[str]) -> tuple[Landed | None, list[int]]:
         """A routed batch at each correction's strongest strength that still lands, judged
-        with the active corrections as it would be published (:mod:`mend.scope.strength`)."""
+        with the active corrections as it would be published (:mod:`mend.scope.strength`);
+        the corrections that land at none edited again with ``retry_passes`` passes (their
+        indices come back beside it)."""
         if not edit.change.routed:
-            return edit, None
-        landed = strongest_landing(edit, self.config.strengths,
-                                   showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
-        return landed.edit, landed.strengths.tolist()
+            return None, []
+        landed = strongest_landing(edit, self.config.strengths, showing=lambda e: self._showing(e, replaced))
+        missed = landed.missed
+        if not missed or self.config.retry_passes < 2:
+            return landed, []
+        # Each correction's edit is its own: editing the missed ones again beside the rest
+        # of the batch leaves the others' rows as they are.
+        rest = landed.edit.select([i for i in range(len(batch)) if i not in set(missed)])
+        again = self._edit([batch[i] for i in missed], replaced, self.config.retry_passes, beside=rest)
+        retried = strongest_landing(again, self.config.strengths, showing=lambda e: self._showing(e, replaced, rest))
+        self.log(f"retried {len(missed)} corrections that landed at no strength: {int(retried.landed.sum())} land now")
+        return landed.replacing(missed, retried), missed
 
     def _undone(self, edit: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
         """The batch's corrections that undo an active one they are switched on with, while
@@ -326,14 +356,17 @@ class ApplyRun:
         config, probes = self.config, self.config.regression_probes
         current = self.hooked.edit
         replaced = self._superseded(batch)
-        edit, strengths = self._land(self._edit(batch, replaced), replaced)
+        edit = self._edit(batch, replaced)
+        landed, retried = self._land(batch, edit, replaced)
+        edit = landed.edit if landed is not None else edit
         pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
         metrics = correction_metrics(self.model, batch, pre)
-        if strengths is not None:
-            for c, strength in zip(batch, strengths, strict=True):
+        if landed is not None:
+            for i, (c, strength) in enumerate(zip(batch, landed.strengths.tolist(), strict=True)):
                 metrics[c.id]["strength"] = strength
+                metrics[c.id]["passes"] = config.retry_passes if i in retried else config.passes
         for cid, undone in self._undone(edit, current, replaced).items():
             metrics[cid]["undoes"] = undone
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
@@ -362,6 +395,7 @@ class ApplyRun:
             "aggregation": edit.aggregation,
             **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
             "passes": config.passes,
+            **({"retry_passes": config.retry_passes} if landed is not None else {}),
             "added": [c.id for c in corrections],
             "superseded": sorted(superseded),
             "regression_agreement": regression,

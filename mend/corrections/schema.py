@@ -74,6 +74,12 @@ class Correction(BaseModel):
         """The prompt as compared for duplicates and contradictions."""
         return normalise(self.prompt)
 
+    @property
+    def target_key(self) -> str:
+        """The target as compared for contradictions: two corrections of one question
+        with the same target agree."""
+        return normalise(self.target)
+
 
 def normalise(text: str) -> str:
     """Text as compared for duplicates and contradictions, everywhere in the queue.

@@ -78,7 +78,8 @@ class MendMethod:
                 # A batched edit is the concatenation of single edits: dropping the
                 # superseded requests' rows afterwards is the edit of the live ones alone.
                 questions = Questions.of(scope, model, [r.prompt for r in records], [r.subject for r in records])
-                newer = superseded_within(scope, questions)
+                # Another correction of the same question with the same answer agrees: both stay.
+                newer = superseded_within(scope, questions, [" ".join(r.target.split()).casefold() for r in records])
                 superseded = {r.record_id: records[n].record_id
                               for r, n in zip(records, newer, strict=True) if n is not None}
                 edit = edit.select([i for i, n in enumerate(newer) if n is None])

@@ -10,6 +10,10 @@ the newer correction's prompt falls within the older one's scope under the learn
 score alone, at the scope model's full ``threshold``. The subject test's lower
 threshold is not enough here: every question about a subject names it, and questions
 about another attribute of the same subject must stay separate corrections.
+
+Two corrections of the same question that ask for the same answer agree: both stay live
+(each phrasing keeps its own key, so the question is recognised in more wordings), and
+neither is a contradiction. The caller says what counts as the same answer.
 """
 
 from __future__ import annotations
@@ -84,13 +88,26 @@ def same_question(scope: ScopeModel, new: Questions, keys: Tensor, key_subjects:
     return out
 
 
-def superseded_within(scope: ScopeModel, questions: Questions) -> list[int | None]:
+def superseded_within(
+    scope: ScopeModel, questions: Questions, answers: Sequence[str] | None = None
+) -> list[int | None]:
     """For corrections in queue order, which later one supersedes each (None: live).
 
-    Each correction is superseded by the last later correction of the same question."""
+    Each correction is superseded by the last later correction of the same question
+    with another answer (``answers``, compared as given; None: every answer differs)."""
     same = same_question(scope, questions, questions.keys, questions.subjects)
+    if answers is not None:
+        same &= ~agreeing(answers, answers)
     out: list[int | None] = [None] * len(questions.keys)
     for newer in range(len(out)):
         for older in same[newer, :newer].nonzero().flatten().tolist():
             out[older] = newer
     return out
+
+
+def agreeing(new: Sequence[str], stored: Sequence[str]) -> Tensor:
+    """``(len(new), len(stored))``: whether each new answer is each stored one."""
+    index: dict[str, int] = {}
+    codes = [[index.setdefault(a, len(index)) for a in answers] for answers in (new, stored)]
+    rows, columns = (torch.tensor(c, dtype=torch.long) for c in codes)
+    return rows[:, None] == columns[None, :]

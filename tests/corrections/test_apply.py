@@ -413,6 +413,60 @@ def test_a_scoped_correction_of_the_same_question_supersedes_the_active_one_and_
     assert manifest["active_ids"] == ["new"] and manifest["superseded"] == ["old"]
 
 
+def test_scoped_corrections_of_the_same_question_with_the_same_target_agree_and_stay_live(tmp_path):
+    queue, model, editor = _scoped_setup(tmp_path)
+    designed, architect = "Who designed Toodyay Fire Station?", "Who was the architect of Toodyay Fire Station?"
+    subject = "Toodyay Fire Station"
+    editor.scope = editor.scope.with_threshold(-0.999)  # every question about the subject is the same one
+    # (and every correction is switched on for every prompt: what one undoes is not asked here)
+    config = ApplyConfig(batch_size=3, policy=LENIENT.model_copy(update={"protect_active": False}),
+                         aggregation="scoped")
+    queue.submit([_question("old", designed, "Ken Duncan", subject, 0)])
+    apply_pending(queue, model, editor, config)
+    queue.submit([_question("agrees", architect, " ken  duncan", subject, 1),
+                  _question("agrees-too", "Who drew up Toodyay Fire Station?", "Ken Duncan", subject, 2),
+                  _question("differs", "Whose design is Toodyay Fire Station?", "Wyndham Lewis", subject, 3)])
+    report = apply_pending(queue, model, editor, config)
+    assert report.applied == ["agrees", "agrees-too"]
+    assert [cid for cid, _ in report.dead_lettered] == ["differs"]
+    assert "'agrees' in the same batch (same question, target 'ken  duncan' vs 'Wyndham Lewis')" in report.dead_lettered[0][1]
+    manifest = VersionStore(queue.store).manifest(2)
+    assert manifest["active_ids"] == ["old", "agrees", "agrees-too"] and manifest["superseded"] == []
+
+
+def test_a_scoped_run_edits_again_only_the_corrections_that_land_at_no_strength(tmp_path, monkeypatch):
+    from mend.corrections import apply as apply_module
+
+    items = correction_dicts(4)
+    missing = {items[1]["id"], items[3]["id"]}
+    real = apply_module.strongest_landing
+
+    def landing(edit, *args, **kwargs):  # the tiny model's edits all land: say two do not
+        out = real(edit, *args, **kwargs)
+        out.landed = torch.tensor([r.request_id not in missing for r in edit.requests])
+        return out
+
+    monkeypatch.setattr(apply_module, "strongest_landing", landing)
+    runs = {}
+    for retry in (1, 2):
+        queue, model, editor = _scoped_setup(tmp_path / str(retry))
+        queue.submit([dict(item) for item in items])
+        apply_pending(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT, aggregation="scoped",
+                                                        strengths=(1.0,), retry_passes=retry))
+        versions = VersionStore(queue.store)
+        edit = versions.load_edit(versions.active(1))
+        passes = {c: queue.read("applied", c)["metrics"]["passes"] for c in queue.ids("applied")}
+        rows = next(iter(edit.deltas.values())).example.bincount(minlength=4).tolist()
+        runs[retry] = ({r.request_id: n for r, n in zip(edit.requests, rows, strict=True)}, passes,
+                       versions.manifest(1))
+    once, (rows, passes, manifest) = runs[1][0], runs[2]
+    assert set(runs[1][1].values()) == {1} and manifest["retry_passes"] == 2
+    retried = {c for c, p in passes.items() if p == 2}
+    assert retried == missing
+    for cid, n in rows.items():  # a retried correction carries two passes' rows, the others theirs
+        assert n == (2 * once[cid] if cid in retried else once[cid])
+
+
 def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it_can_change(tmp_path, monkeypatch):
     from mend.corrections import apply as apply_module
     from mend.corrections import policy

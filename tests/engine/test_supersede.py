@@ -44,6 +44,17 @@ def test_a_later_correction_of_the_same_question_supersedes_the_earlier_one():
     assert newer == [2, None, None, None]
 
 
+def test_corrections_of_the_same_question_with_the_same_answer_agree_and_both_stay_live():
+    model = tiny_model("llama")
+    probe = _scope(model, 0.99)
+    scope = _scope(model, _score(probe, model, ARCHITECT, DESIGNED, SUBJECT) - 1e-4)
+    questions = Questions.of(scope, model, [DESIGNED, ARCHITECT, DESIGNED], [SUBJECT, SUBJECT, SUBJECT])
+    # The second agrees with the first; the third gives another answer and replaces both.
+    assert superseded_within(scope, questions, ["ken duncan", "ken duncan", "wyndham lewis"]) == [2, 2, None]
+    assert superseded_within(scope, questions, ["ken duncan", "ken duncan", "ken duncan"]) == [None, None, None]
+    assert superseded_within(scope, questions) == [2, 2, None]  # no answers: every answer differs
+
+
 def test_the_same_subject_alone_is_not_the_same_question():
     model = tiny_model("llama")
     scope = _scope(model, 0.999)  # only a prompt's own states reach it
