@@ -112,8 +112,6 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--passes", type=int, default=1)
-    parser.add_argument("--retry-passes", type=int, default=ApplyConfig().retry_passes,
-                        help="scoped: passes for the corrections that land at no strength (ApplyConfig.retry_passes)")
     parser.add_argument("--aggregation", choices=["sum", "least_squares", "scoped"], help="default: the editor's own")
     parser.add_argument("--scope", help="scope model for --aggregation scoped (default: the editor's own)")
     args = parser.parse_args()
@@ -122,8 +120,7 @@ def main() -> None:
     editor = Editor.load(args.editor).eval()
     if args.scope:
         editor.scope = ScopeModel.load(args.scope)
-    config = ApplyConfig(batch_size=args.batch_size, passes=args.passes, aggregation=args.aggregation,
-                         retry_passes=args.retry_passes)
+    config = ApplyConfig(batch_size=args.batch_size, passes=args.passes, aggregation=args.aggregation)
     model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
     for p in model.model.parameters():
         p.requires_grad_(False)
@@ -132,8 +129,7 @@ def main() -> None:
     t_judge = judge_seconds(model, as_corrections(zsre_records(40)))
     results = {"forward_backward_s": t_fb, "judge_forwards_s": t_judge, "batch_size": args.batch_size,
                "editor": args.editor, "aggregation": args.aggregation or editor.config.aggregation,
-               "passes": args.passes, "retry_passes": args.retry_passes, "scope": args.scope,
-               "policy": config.policy.model_dump()}
+               "passes": args.passes, "scope": args.scope, "policy": config.policy.model_dump()}
     for n in sizes:
         out = run(model, editor, n, config)
         out["ratio"] = out["wall_s"] / (n * t_fb)

@@ -206,19 +206,6 @@ class Edit:
                 refuse_solved(change.name, action)
         return self._with(self.change.with_pass(further.change))
 
-    def replacing(self, request_indices: Sequence[int], other: Edit) -> Edit:
-        """This edit with the requests at ``request_indices`` as ``other`` makes them
-        (``other``'s requests: the same prompts and targets, in that order), in this
-        edit's request order."""
-        indices = list(request_indices)
-        if [(r.prompt, r.target) for r in other.requests] != [(self.requests[i].prompt, self.requests[i].target)
-                                                              for i in indices]:
-            raise ValueError("a replacement must be made from the same requests, in the order given")
-        taken = set(indices)
-        kept = [i for i in range(len(self.requests)) if i not in taken]
-        position = {i: p for p, i in enumerate(kept + indices)}  # request -> its place in the concatenation
-        return Edit.concat([self.select(kept), other]).select([position[i] for i in range(len(self.requests))])
-
     def select(self, request_indices: Sequence[int]) -> Edit:
         """The part of this edit made from the given requests (renumbered from 0)."""
         index = torch.as_tensor(list(request_indices), dtype=torch.long)

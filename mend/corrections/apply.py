@@ -43,7 +43,7 @@ from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope.routing import switching_on
-from mend.scope.strength import DEFAULT_STRENGTHS, Landed, strongest_landing
+from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
 from mend.scope.supersede import Questions, agreeing, same_question
 
 
@@ -75,13 +75,6 @@ class ApplyConfig(BaseModel):
         min_length=1,
         description="scoped runs: each correction is written at the largest of these strengths at which its "
         "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) as the editor makes it",
-    )
-    retry_passes: int = Field(
-        1,
-        ge=1,
-        description="scoped runs: a correction that lands at no strength is edited again with this many "
-        "passes (each re-captures it on the model with its edit so far applied, Editor.edit) and judged as "
-        "retried; 1 retries nothing",
     )
     keep_adapters: int | None = Field(
         None,
@@ -286,23 +279,16 @@ class ApplyRun:
             _dead_letter(self.queue, correction, reason, self.report)
         return [batch[i] for i in kept]
 
-    def _edit(self, batch: list[Correction], replaced: set[str], passes: int | None = None,
-              beside: Edit | None = None) -> Edit:
-        # A further capture pass sees the model as it would be published (with ``beside``,
-        # the rest of the batch, when only part of it is edited again). Captured on the
+    def _edit(self, batch: list[Correction], replaced: set[str]) -> Edit:
+        # A further capture pass sees the model as it would be published. Captured on the
         # batch's own solve stacked on the active corrections (a model never published),
         # least-squares shifts grew batch by batch until the model broke.
         return self.editor.edit(
             self.model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
-            passes=passes or self.config.passes, aggregation=self.config.aggregation,
+            passes=self.config.passes, aggregation=self.config.aggregation,
             subjects=[c.subject for c in batch],
-            applied_as=lambda so_far: self._showing(so_far, replaced, beside),
+            applied_as=lambda so_far: self.hooked.showing(self.active.with_batch(so_far, replaced)),
         )
-
-    def _showing(self, edit: Edit, replaced: set[str], beside: Edit | None = None):
-        """``edit`` (with ``beside``) hooked in with the active corrections, as it would be published."""
-        batch = edit if beside is None else Edit.concat([beside, edit])
-        return self.hooked.showing(self.active.with_batch(batch, replaced))
 
     def _reject(self, corrections: list[Correction], reason: str | dict[str, str], metrics: dict) -> None:
         for c in corrections:
@@ -310,24 +296,14 @@ class ApplyRun:
             self.queue.finish(c, "rejected", reason=why, metrics=metrics[c.id])
             self.report.rejected.append((c.id, why))
 
-    def _land(self, batch: list[Correction], edit: Edit, replaced: set[str]) -> tuple[Landed | None, list[int]]:
+    def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[float] | None]:
         """A routed batch at each correction's strongest strength that still lands, judged
-        with the active corrections as it would be published (:mod:`mend.scope.strength`);
-        the corrections that land at none edited again with ``retry_passes`` passes (their
-        indices come back beside it)."""
+        with the active corrections as it would be published (:mod:`mend.scope.strength`)."""
         if not edit.change.routed:
-            return None, []
-        landed = strongest_landing(edit, self.config.strengths, showing=lambda e: self._showing(e, replaced))
-        missed = landed.missed
-        if not missed or self.config.retry_passes < 2:
-            return landed, []
-        # Each correction's edit is its own: editing the missed ones again beside the rest
-        # of the batch leaves the others' rows as they are.
-        rest = landed.edit.select([i for i in range(len(batch)) if i not in set(missed)])
-        again = self._edit([batch[i] for i in missed], replaced, self.config.retry_passes, beside=rest)
-        retried = strongest_landing(again, self.config.strengths, showing=lambda e: self._showing(e, replaced, rest))
-        self.log(f"retried {len(missed)} corrections that landed at no strength: {int(retried.landed.sum())} land now")
-        return landed.replacing(missed, retried), missed
+            return edit, None
+        landed = strongest_landing(edit, self.config.strengths,
+                                   showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
+        return landed.edit, landed.strengths.tolist()
 
     def _undone(self, edit: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
         """The batch's corrections that undo an active one they are switched on with, while
@@ -356,17 +332,14 @@ class ApplyRun:
         config, probes = self.config, self.config.regression_probes
         current = self.hooked.edit
         replaced = self._superseded(batch)
-        edit = self._edit(batch, replaced)
-        landed, retried = self._land(batch, edit, replaced)
-        edit = landed.edit if landed is not None else edit
+        edit, strengths = self._land(self._edit(batch, replaced), replaced)
         pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
         metrics = correction_metrics(self.model, batch, pre)
-        if landed is not None:
-            for i, (c, strength) in enumerate(zip(batch, landed.strengths.tolist(), strict=True)):
+        if strengths is not None:
+            for c, strength in zip(batch, strengths, strict=True):
                 metrics[c.id]["strength"] = strength
-                metrics[c.id]["passes"] = config.retry_passes if i in retried else config.passes
         for cid, undone in self._undone(edit, current, replaced).items():
             metrics[cid]["undoes"] = undone
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
@@ -395,7 +368,6 @@ class ApplyRun:
             "aggregation": edit.aggregation,
             **({"regulariser_scale": config.regulariser_scale} if edit.aggregation == "least_squares" else {}),
             "passes": config.passes,
-            **({"retry_passes": config.retry_passes} if landed is not None else {}),
             "added": [c.id for c in corrections],
             "superseded": sorted(superseded),
             "regression_agreement": regression,

@@ -33,29 +33,10 @@ DEFAULT_STRENGTHS: tuple[float, ...] = (4.0, 3.0, 2.5, 2.0, 1.5, 1.25, 1.0)
 
 @dataclass
 class Landed:
-    """An edit with each request at its chosen strength (``strengths[request]``) and
-    whether it landed there (``landed[request]``; those that land at none keep 1)."""
+    """An edit with each request at its chosen strength (``strengths[request]``)."""
 
     edit: Edit
     strengths: Tensor
-    landed: Tensor
-
-    @property
-    def missed(self) -> list[int]:
-        """The requests that land at no strength."""
-        return (~self.landed).nonzero().flatten().tolist()
-
-    def replacing(self, indices: Sequence[int], other: Landed) -> Landed:
-        """These requests, those at ``indices`` as ``other`` has them (made from the same
-        prompts and targets, in the order of ``indices``)."""
-        return Landed(self.edit.replacing(indices, other.edit), _put(self.strengths, indices, other.strengths),
-                      _put(self.landed, indices, other.landed))
-
-
-def _put(values: Tensor, indices: Sequence[int], new: Tensor) -> Tensor:
-    out = values.clone()
-    out[list(indices)] = new
-    return out
 
 
 def strongest_landing(
@@ -88,6 +69,4 @@ def strongest_landing(
             chosen = trial
             undecided = [i for i, ok in zip(undecided, landed, strict=True) if not ok]
     chosen[undecided] = 1.0
-    landed = torch.ones(len(edit.requests), dtype=torch.bool)
-    landed[undecided] = False
-    return Landed(edit.scaled(chosen), chosen, landed)
+    return Landed(edit.scaled(chosen), chosen)

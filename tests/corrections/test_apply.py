@@ -434,39 +434,6 @@ def test_scoped_corrections_of_the_same_question_with_the_same_target_agree_and_
     assert manifest["active_ids"] == ["old", "agrees", "agrees-too"] and manifest["superseded"] == []
 
 
-def test_a_scoped_run_edits_again_only_the_corrections_that_land_at_no_strength(tmp_path, monkeypatch):
-    from mend.corrections import apply as apply_module
-
-    items = correction_dicts(4)
-    missing = {items[1]["id"], items[3]["id"]}
-    real = apply_module.strongest_landing
-
-    def landing(edit, *args, **kwargs):  # the tiny model's edits all land: say two do not
-        out = real(edit, *args, **kwargs)
-        out.landed = torch.tensor([r.request_id not in missing for r in edit.requests])
-        return out
-
-    monkeypatch.setattr(apply_module, "strongest_landing", landing)
-    runs = {}
-    for retry in (1, 2):
-        queue, model, editor = _scoped_setup(tmp_path / str(retry))
-        queue.submit([dict(item) for item in items])
-        apply_pending(queue, model, editor, ApplyConfig(batch_size=4, policy=LENIENT, aggregation="scoped",
-                                                        strengths=(1.0,), retry_passes=retry))
-        versions = VersionStore(queue.store)
-        edit = versions.load_edit(versions.active(1))
-        passes = {c: queue.read("applied", c)["metrics"]["passes"] for c in queue.ids("applied")}
-        rows = next(iter(edit.deltas.values())).example.bincount(minlength=4).tolist()
-        runs[retry] = ({r.request_id: n for r, n in zip(edit.requests, rows, strict=True)}, passes,
-                       versions.manifest(1))
-    once, (rows, passes, manifest) = runs[1][0], runs[2]
-    assert set(runs[1][1].values()) == {1} and manifest["retry_passes"] == 2
-    retried = {c for c, p in passes.items() if p == 2}
-    assert retried == missing
-    for cid, n in rows.items():  # a retried correction carries two passes' rows, the others theirs
-        assert n == (2 * once[cid] if cid in retried else once[cid])
-
-
 def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it_can_change(tmp_path, monkeypatch):
     from mend.corrections import apply as apply_module
     from mend.corrections import policy

@@ -131,27 +131,6 @@ def test_scoped_edits_save_load_select_and_combine(tmp_path):
     assert torch.allclose(combined, original, atol=1e-5)
 
 
-def test_replacing_some_requests_of_a_scoped_edit_keeps_the_others_and_the_request_order():
-    model = tiny_model("llama")
-    editor, edit = _scoped_edit(model)
-    again = editor.edit(model, [PROMPTS[0]], [TARGETS[0]], ["a"], aggregation="scoped", subjects=["France"], passes=2)
-    replaced = edit.replacing([0], again)
-    assert [r.request_id for r in replaced.requests] == ["a", "b"]
-    rows = {n: d.example.bincount(minlength=2).tolist() for n, d in replaced.deltas.items()}
-    single = {n: d.example.bincount(minlength=2).tolist() for n, d in edit.deltas.items()}
-    assert all(rows[n] == [2 * single[n][0], single[n][1]] for n in rows)  # two passes for "a", one for "b"
-    with replaced.applied(model):
-        second = _logits(model, [PROMPTS[1]], [TARGETS[1]])
-    with edit.select([1]).applied(model):
-        assert torch.allclose(second, _logits(model, [PROMPTS[1]], [TARGETS[1]]), atol=1e-5)
-    with replaced.applied(model):
-        first = _logits(model, [PROMPTS[0]], [TARGETS[0]])
-    with again.applied(model):
-        assert torch.allclose(first, _logits(model, [PROMPTS[0]], [TARGETS[0]]), atol=1e-5)
-    with pytest.raises(ValueError, match="same requests"):
-        edit.replacing([1], again)
-
-
 def test_merged_scoped_edit_is_the_summed_weight_space_version():
     model = tiny_model("llama")
     _, edit = _scoped_edit(model)
