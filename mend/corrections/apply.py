@@ -35,9 +35,10 @@ from mend.corrections.policy import (
 )
 from mend.corrections.protect import PromptStates, undone_by
 from mend.corrections.queue import CorrectionQueue
-from mend.corrections.schema import Correction, InvalidCorrection, check_tokenizable, normalise
+from mend.corrections.schema import Correction, InvalidCorrection, check_tokenizable
 from mend.corrections.versions import ActiveSet, VersionStore
 from mend.data.records import LocalityProbe
+from mend.data.text import normalise
 from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
@@ -241,9 +242,9 @@ class ApplyRun:
         if not corrections or not getattr(change, "routed", False) or not len(change.keys):
             return set()
         questions = self._questions(change.scope, corrections)
-        stored = [normalise(active.requests[r].target) for r in change.key_request.tolist()]
+        targets = [normalise(r.target) for r in active.requests]  # per request; keys map to theirs
         same = same_question(change.scope, questions, change.keys, change.subjects)
-        same &= ~agreeing([c.target_key for c in corrections], stored)
+        same &= ~agreeing([c.target_key for c in corrections], targets)[:, change.key_request]
         return {active.requests[r].request_id for r in change.key_request[same.any(0)].unique().tolist()}
 
     def _questions(self, scope, corrections: list[Correction]) -> Questions:

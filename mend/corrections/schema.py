@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import codecs
 import json
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mend.data.text import normalise
 
 MAX_PROMPT_CHARS = 2_000
 MAX_TARGET_CHARS = 500
@@ -79,19 +80,6 @@ class Correction(BaseModel):
         """The target as compared for contradictions: two corrections of one question
         with the same target agree."""
         return normalise(self.target)
-
-
-def normalise(text: str) -> str:
-    """Text as compared for duplicates and contradictions, everywhere in the queue.
-
-    Unicode NFKC (full-width and compatibility forms fold to their plain letters),
-    format characters removed (category Cf: zero-width spaces and joiners, byte-order
-    marks, bidirectional controls), case folded and whitespace collapsed, so text
-    that reads the same compares equal.
-    """
-    folded = unicodedata.normalize("NFKC", text)
-    visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
-    return " ".join(visible.casefold().split())
 
 
 class InvalidCorrection(ValueError):

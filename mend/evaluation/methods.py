@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 
 from mend.data.records import EditRecord, LocalityProbe
+from mend.data.text import normalise
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
@@ -79,7 +80,7 @@ class MendMethod:
                 # superseded requests' rows afterwards is the edit of the live ones alone.
                 questions = Questions.of(scope, model, [r.prompt for r in records], [r.subject for r in records])
                 # Another correction of the same question with the same answer agrees: both stay.
-                newer = superseded_within(scope, questions, [" ".join(r.target.split()).casefold() for r in records])
+                newer = superseded_within(scope, questions, [normalise(r.target) for r in records])
                 superseded = {r.record_id: records[n].record_id
                               for r, n in zip(records, newer, strict=True) if n is not None}
                 edit = edit.select([i for i, n in enumerate(newer) if n is None])
