@@ -7,7 +7,7 @@ For N corrections (zsRE records: the 537 held-out ones first, then training reco
 the whole apply run (validation, edits, per-correction evaluation, regression probes,
 publishing versions with PEFT adapters, queue moves) is timed against the least work
 they need: one forward+backward per correction computing gradients only for the
-edited matrices (median of measured passes x N; ``ratio_N``). The flow must also judge
+edited matrices (median of passes measured before and after every run, x N; ``ratio_N``). The flow must also judge
 every correction, so ``ratio_all_passes_N`` divides by the unbatched passes that needs
 too: the forward+backward, a forward of its prompt and rephrases with the edit, and of
 its locality probes before and after.
@@ -43,7 +43,9 @@ from mend.scope import ScopeModel
 from mend.storage import open_store
 
 
-def fb_seconds(model: EditableModel, corrections: list[dict], samples: int = 30) -> float:
+def fb_times(model: EditableModel, corrections: list[dict], samples: int = 30) -> list[float]:
+    """Seconds of one forward+backward per correction, for ``samples`` corrections (the
+    first three, warming up, dropped)."""
     weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
     for w in weights:
         w.requires_grad_(True)
@@ -53,7 +55,7 @@ def fb_seconds(model: EditableModel, corrections: list[dict], samples: int = 30)
         for w in weights:
             w.requires_grad_(False)
             w.grad = None
-    return median(times[3:])
+    return times[3:]
 
 
 def judge_seconds(model: EditableModel, corrections: list[dict], samples: int = 30) -> float:
@@ -125,13 +127,23 @@ def main() -> None:
     for p in model.model.parameters():
         p.requires_grad_(False)
     sizes = [int(s) for s in args.sizes.split(",")]
-    t_fb = fb_seconds(model, as_corrections(zsre_records(40)))
-    t_judge = judge_seconds(model, as_corrections(zsre_records(40)))
-    results = {"forward_backward_s": t_fb, "judge_forwards_s": t_judge, "batch_size": args.batch_size,
+    probes = as_corrections(zsre_records(40))
+    # The unit of the ratio is timed before and after every run and the median of all of
+    # it taken: one small forward+backward's time drifts with the machine's state more
+    # than a whole run's does, so one measurement before the runs moved the ratio between runs.
+    fb = fb_times(model, probes)
+    t_judge = judge_seconds(model, probes)
+    results = {"forward_backward_s": None, "judge_forwards_s": t_judge, "batch_size": args.batch_size,
                "editor": args.editor, "aggregation": args.aggregation or editor.config.aggregation,
                "passes": args.passes, "scope": args.scope, "policy": config.policy.model_dump()}
+    outs = {}
     for n in sizes:
-        out = run(model, editor, n, config)
+        outs[n] = run(model, editor, n, config)
+        fb += fb_times(model, probes)
+    t_fb = median(fb)
+    results["forward_backward_s"] = t_fb
+    results["forward_backward_samples"] = len(fb)
+    for n, out in outs.items():
         out["ratio"] = out["wall_s"] / (n * t_fb)
         print(n, out)
         results[f"ratio_{n}"] = round(out["ratio"], 3)

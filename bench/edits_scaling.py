@@ -20,10 +20,11 @@ counts (a run killed at k=1,000 loses nothing before it). ``--memit``/``--alphae
 the subject-keyed weight-space baselines on the same records (:mod:`bench.subject_baselines`);
 ``--resume`` keeps their rows measured with the same settings.
 
-Scoped edits write each correction at the strongest of ``--strengths`` that still lands
-(:mod:`mend.scope.strength`); rows measured with other strengths than the product's
-default go under ``scoped_strengths_<s1>_<s2>...`` (``--strengths 1``: every edit as the
-editor makes it).
+Scoped edits are written as the queue writes them (:func:`mend.scope.strength.written`):
+each correction at the strongest of the default strengths that still lands, the ones
+landing at none refined. Rows measured with other ``--strengths`` go under
+``scoped_strengths_<s1>_<s2>...`` and are not refined (``--strengths 1``: every edit as
+the editor makes it).
 
 ``--counterfact-10000`` (scoped) edits all 10,000 records of ``counterfact-train`` at
 once and scores an evenly spaced sample of ``--sample`` of them with the whole group
@@ -54,6 +55,7 @@ from mend.evaluation import MendMethod, evaluate  # noqa: E402
 from mend.evaluation.runner import aggregate  # noqa: E402
 from mend.evaluation.unrelated import asking_stored_facts, naming_subjects  # noqa: E402
 from mend.scope import ScopeModel  # noqa: E402
+from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS  # noqa: E402
 from mend.scope.strength import DEFAULT_STRENGTHS  # noqa: E402
 
 # Records evaluated per k: enough groups to average over, within a CPU budget.
@@ -166,7 +168,8 @@ def main() -> None:
                 raise SystemExit(f"{path}: scoped edits need a summed editor and a scope model (--scope)")
         elif editor.config.aggregation != mode:
             raise SystemExit(f"{path} aggregates by {editor.config.aggregation}, expected {mode}")
-        method = MendMethod(editor, aggregation="scoped", strengths=strengths) if mode == scoped \
+        method = MendMethod(editor, aggregation="scoped", strengths=strengths,
+                            refine_steps=DEFAULT_REFINE_STEPS if mode == "scoped" else 0) if mode == scoped \
             else MendMethod(editor, aggregation=mode)
         suites = [("zsre", ks, results[mode])]
         if cf_ks:

@@ -84,6 +84,10 @@ class Edit:
         """Another change of the same base model and layouts, bound to the same model."""
         return Edit(change, self.layouts, self.requests if requests is None else requests, self.base_model, self.model)
 
+    def with_change(self, change: Change) -> Edit:
+        """The same requests with another change (e.g. refitted rows of the same requests)."""
+        return self._with(change)
+
     @property
     def deltas(self) -> dict[str, LowRankDelta]:
         """The change per edited module as low-rank factors (solved now if need be)."""

@@ -104,8 +104,13 @@ class ScopedChange(FactorChange):
         leaves what the others do unchanged."""
         if factors.shape != (self.n_requests,):
             raise ValueError(f"{tuple(factors.shape)} strengths for {self.n_requests} requests")
-        return ScopedChange(scale_rows(self._deltas, factors), self.keys, self.key_request, self.n_requests,
-                            self.scope, self.subjects, self.relations)
+        return self.with_deltas(scale_rows(self._deltas, factors))
+
+    def with_deltas(self, deltas: dict[str, LowRankDelta]) -> ScopedChange:
+        """The same requests and scope keys with other rows (e.g. refitted values,
+        :mod:`mend.scope.refine`)."""
+        return ScopedChange(deltas, self.keys, self.key_request, self.n_requests, self.scope, self.subjects,
+                            self.relations)
 
     def shifted(self, offset: int) -> ScopedChange:
         return ScopedChange(shift_rows(self._deltas, offset), self.keys, self.key_request + offset,
@@ -123,8 +128,7 @@ class ScopedChange(FactorChange):
 
     def with_pass(self, further: Change) -> ScopedChange:
         """Both passes' rows under this edit's scope keys (a pass re-captures the same requests)."""
-        return ScopedChange(cat_rows([self._deltas, further.deltas()]), self.keys, self.key_request,
-                            self.n_requests, self.scope, self.subjects, self.relations)
+        return self.with_deltas(cat_rows([self._deltas, further.deltas()]))
 
     def detach(self) -> ScopedChange:
         return ScopedChange({n: d.detach() for n, d in self._deltas.items()}, self.keys.detach(),

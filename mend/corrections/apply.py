@@ -43,8 +43,9 @@ from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.unedited_blocks import reusing_unedited_blocks
+from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
 from mend.scope.routing import switching_on
-from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
+from mend.scope.strength import DEFAULT_STRENGTHS, written
 from mend.scope.supersede import Questions, agreeing, same_question
 
 
@@ -76,6 +77,12 @@ class ApplyConfig(BaseModel):
         min_length=1,
         description="scoped runs: each correction is written at the largest of these strengths at which its "
         "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) as the editor makes it",
+    )
+    refine_steps: int = Field(
+        DEFAULT_REFINE_STEPS,
+        ge=0,
+        description="scoped runs: corrections that land at no strength have their values fitted on their own "
+        "prompt for at most this many gradient steps, each stopping once it lands (mend.scope.refine; 0: never)",
     )
     keep_adapters: int | None = Field(
         None,
@@ -297,14 +304,14 @@ class ApplyRun:
             self.queue.finish(c, "rejected", reason=why, metrics=metrics[c.id])
             self.report.rejected.append((c.id, why))
 
-    def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[float] | None]:
-        """A routed batch at each correction's strongest strength that still lands, judged
-        with the active corrections as it would be published (:mod:`mend.scope.strength`)."""
+    def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[dict]]:
+        """A routed batch as scoped corrections are written (:func:`mend.scope.strength.written`),
+        judged with the active corrections as it would be published; and what to record
+        of each correction."""
         if not edit.change.routed:
-            return edit, None
-        landed = strongest_landing(edit, self.config.strengths,
-                                   showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
-        return landed.edit, landed.strengths.tolist()
+            return edit, [{} for _ in edit.requests]
+        return written(edit, self.config.strengths, self.config.refine_steps,
+                       showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
 
     def _undone(self, edit: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
         """The batch's corrections that undo an active one they are switched on with, while
@@ -333,14 +340,13 @@ class ApplyRun:
         config, probes = self.config, self.config.regression_probes
         current = self.hooked.edit
         replaced = self._superseded(batch)
-        edit, strengths = self._land(self._edit(batch, replaced), replaced)
+        edit, recorded = self._land(self._edit(batch, replaced), replaced)
         pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
         metrics = correction_metrics(self.model, batch, pre)
-        if strengths is not None:
-            for c, strength in zip(batch, strengths, strict=True):
-                metrics[c.id]["strength"] = strength
+        for c, extra in zip(batch, recorded, strict=True):
+            metrics[c.id].update(extra)
         for cid, undone in self._undone(edit, current, replaced).items():
             metrics[cid]["undoes"] = undone
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}

@@ -15,7 +15,8 @@ from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
 from mend.models.unedited_blocks import reusing_unedited_blocks
-from mend.scope.strength import DEFAULT_STRENGTHS, strongest_landing
+from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
+from mend.scope.strength import DEFAULT_STRENGTHS, written
 from mend.scope.supersede import Questions, superseded_within
 from mend.training.losses import kl_on_scored
 
@@ -52,13 +53,15 @@ class MendMethod:
     """A meta-trained (or identity) MEND editor; ``passes`` and ``aggregation`` (None: the
     editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits; a
     scoped group keeps the newest correction of each question and writes each at the
-    strongest of ``strengths`` that still lands (as the queue does; :mod:`mend.scope.strength`)."""
+    strongest of ``strengths`` that still lands, refining those landing at none for at most
+    ``refine_steps`` (as the queue does; :func:`mend.scope.strength.written`)."""
 
     editor: Editor
     name: str = "mend"
     passes: int = 1
     aggregation: str | None = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
+    refine_steps: int = DEFAULT_REFINE_STEPS
 
     def apply(self, model, records):
         superseded: dict[str, str] = {}
@@ -84,7 +87,7 @@ class MendMethod:
                 superseded = {r.record_id: records[n].record_id
                               for r, n in zip(records, newer, strict=True) if n is not None}
                 edit = edit.select([i for i, n in enumerate(newer) if n is None])
-                edit = strongest_landing(edit, self.strengths).edit
+                edit, _ = written(edit, self.strengths, self.refine_steps)
         edit.apply()
         return Superseding(edit, superseded) if superseded else edit
 

@@ -203,6 +203,9 @@ class RoutedChanges:
         if not self._fresh:
             return  # generation goes on under the decision made on its prompt
         hidden = block_output(output).detach()
+        # Built here, not inside ``decide`` (no_grad): rows whose values require grad
+        # (:mod:`mend.scope.refine`) keep their graph into the forward pass.
+        self.index()
         self.last = self.decide(hidden, self._attention, current_prompt_window(self.model), self._input_ids)
         self._plan = self._gather(self.last.active, hidden.shape[0])
 

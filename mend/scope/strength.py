@@ -9,9 +9,10 @@ edit would also move every unrelated input; routed, it only reaches inputs in it
 scope. So each correction takes the largest of a few strengths at which its target is
 still the model's exact teacher-forced answer to its prompt, judged from the
 correction's own prompt and target alone, with the model as it would be published.
-Corrections that land at none keep strength 1 (the acceptance policy then judges them
-as computed). ``bench/results/edits_scaling.json`` has the effect on edit success and
-generalization.
+Corrections that land at none keep strength 1 and have their values fitted instead
+(:mod:`mend.scope.refine`, :func:`written` does both); those that land after neither are
+judged by the acceptance policy as computed. ``bench/results/edits_scaling.json`` has
+the effect on edit success and generalization.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch import Tensor
 from mend.edit import Edit
 from mend.evaluation.scoring import score_targets
 from mend.models.unedited_blocks import reusing_unedited_blocks
+from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
+from mend.scope.refine import refine_values
 
 #: Tried strongest first; chosen on the zsRE and CounterFact training splits.
 DEFAULT_STRENGTHS: tuple[float, ...] = (4.0, 3.0, 2.5, 2.0, 1.5, 1.25, 1.0)
@@ -33,10 +36,12 @@ DEFAULT_STRENGTHS: tuple[float, ...] = (4.0, 3.0, 2.5, 2.0, 1.5, 1.25, 1.0)
 
 @dataclass
 class Landed:
-    """An edit with each request at its chosen strength (``strengths[request]``)."""
+    """An edit with each request at its chosen strength (``strengths[request]``);
+    ``landed[request]`` is False for those that landed at none (kept at strength 1)."""
 
     edit: Edit
     strengths: Tensor
+    landed: Tensor
 
 
 def strongest_landing(
@@ -69,4 +74,27 @@ def strongest_landing(
             chosen = trial
             undecided = [i for i, ok in zip(undecided, landed, strict=True) if not ok]
     chosen[undecided] = 1.0
-    return Landed(edit.scaled(chosen), chosen)
+    landed = torch.ones(len(edit.requests), dtype=torch.bool)
+    landed[undecided] = False
+    return Landed(edit.scaled(chosen), chosen, landed)
+
+
+def written(
+    edit: Edit,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
+    showing: Callable[[Edit], AbstractContextManager] | None = None,
+) -> tuple[Edit, list[dict]]:
+    """``edit`` as scoped corrections are written: each request at the strongest of
+    ``strengths`` that lands, those landing at none refined for at most ``refine_steps``
+    steps (0: not at all). Also, per request, what to record of it: its ``strength`` and,
+    when refined, ``refine_steps`` (-1: it did not land)."""
+    landed = strongest_landing(edit, strengths, showing=showing)
+    recorded = [{"strength": s} for s in landed.strengths.tolist()]
+    unlanded = (~landed.landed).nonzero().flatten().tolist()
+    if not unlanded or refine_steps == 0:
+        return landed.edit, recorded
+    refined = refine_values(landed.edit, unlanded, refine_steps, showing=showing)
+    for i, steps in zip(refined.requests, refined.steps, strict=True):
+        recorded[i]["refine_steps"] = steps
+    return refined.edit, recorded

@@ -469,6 +469,29 @@ def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it
         assert fast[cid]["metrics"]["strength"] in DEFAULT_STRENGTHS
 
 
+def test_scoped_corrections_landing_at_no_strength_are_refined_until_they_land(tmp_path):
+    from mend.evaluation.scoring import score_targets
+
+    exact_only = AcceptancePolicy(min_edit_success=0.0, require_exact=True, min_locality=0.0, min_regression=0.0)
+    items = correction_dicts(3)
+    published = {}
+    for steps in (0, 60):
+        queue, model, editor = _scoped_setup(tmp_path / str(steps))
+        with torch.no_grad():
+            editor.edit_lrs.mul_(0.005)  # edits too weak to land at any strength
+        queue.submit([dict(item) for item in items])
+        config = ApplyConfig(batch_size=3, policy=exact_only, aggregation="scoped", refine_steps=steps)
+        published[steps] = apply_pending(queue, model, editor, config)
+    # Without refining they are refused as computed.
+    assert published[0].applied == [] and len(published[0].rejected) == 3
+    assert sorted(published[60].applied) == sorted(item["id"] for item in items)
+    versions = VersionStore(queue.store)
+    for entry in versions.manifest(1)["corrections"].values():
+        assert entry["metrics"]["refine_steps"] >= 1 and entry["metrics"]["edit_exact"]
+    with versions.load_edit(versions.active(1)).applied(model):
+        assert all(score_targets(model, [i["prompt"] for i in items], [i["target"] for i in items]).exact)
+
+
 @pytest.mark.parametrize("protect", [False, True])
 def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is_refused(tmp_path, protect):
     from mend.evaluation.scoring import score_targets

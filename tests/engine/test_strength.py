@@ -83,6 +83,7 @@ def test_each_request_takes_the_largest_strength_at_which_its_target_still_lands
     monkeypatch.setattr(strength_module, "score_targets", score)
     landed = strongest_landing(edit, (1.0, 4.0, 2.0, 3.0), showing=showing)
     assert landed.strengths.tolist() == [2.0, 1.0, 4.0]  # b lands at none: kept at 1
+    assert landed.landed.tolist() == [True, False, True]
     assert scored[0] == PROMPTS and scored[1] == PROMPTS[:2]  # decided requests are not scored again
     assert scored[-1] == [PROMPTS[1]]
     expected = edit.scaled([2.0, 1.0, 4.0])
