@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mend.models.targets import EditTarget
-from mend.models.tasks import Task, TokenBatch, per_example_nll
+from mend.models.tasks import Task, TokenBatch
 
 TokenMode = Literal["all", "target"]
 
@@ -123,8 +123,7 @@ def capture_factors(
     """
     names = [t.module_name for t in targets]
     with torch.enable_grad(), record_layer_io(model, names) as records:
-        logits = task.logits(model, batch)
-        per_example = per_example_nll(logits, batch.scored_labels)
+        per_example = task.scored(model, batch).nll()
         loss = per_example.sum()
     missing = [n for n in names if n not in records]
     if missing:

@@ -76,7 +76,8 @@ class ApplyConfig(BaseModel):
         DEFAULT_STRENGTHS,
         min_length=1,
         description="scoped runs: each correction is written at the largest of these strengths at which its "
-        "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) as the editor makes it",
+        "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) with refine_steps 0: "
+        "as the editor makes it",
     )
     refine_steps: int = Field(
         DEFAULT_REFINE_STEPS,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mend.models.batching import in_order, length_chunks
 from mend.models.editable import EditableModel
-from mend.models.tasks import IGNORE, per_example_nll, token_nll
+from mend.models.tasks import IGNORE
 
 
 @dataclass
@@ -54,15 +54,12 @@ def _chunks(prompts: Sequence[str], answers: Sequence[str], chunk: int) -> list[
 @torch.no_grad()
 def _score_batch(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetScores:
     batch = model.task.batch(list(prompts), list(targets)).to(model.device)
-    logits = model.task.logits(model.model, batch)
-    labels = batch.scored_labels
-    mask = labels != IGNORE
-    hits = (logits.argmax(-1) == labels) & mask
-    counts = mask.sum(1).clamp_min(1)
+    scored = model.task.scored(model.model, batch)
+    hits = scored.per_sequence(scored.hits().float())
     return TargetScores(
-        (hits.sum(1) / counts).tolist(),
-        (hits.sum(1) == mask.sum(1)).tolist(),
-        per_example_nll(logits, labels).tolist(),
+        (hits / scored.counts()).tolist(),
+        (hits == scored.mask.sum(1)).tolist(),
+        scored.nll().tolist(),
     )
 
 
@@ -82,10 +79,7 @@ def answer_predictions(
 @torch.no_grad()
 def _predict_batch(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Tensor]:
     batch = model.task.batch(list(prompts), list(answers)).to(model.device)
-    logits = model.task.logits(model.model, batch)
-    labels = batch.scored_labels
-    predicted = logits.argmax(-1)
-    return [predicted[i][labels[i] != IGNORE].cpu() for i in range(len(prompts))]
+    return [p.cpu() for p in model.task.scored(model.model, batch).predictions()]
 
 
 def answer_lengths(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> list[int]:
@@ -107,9 +101,8 @@ def agreement(before: Sequence[Tensor], after: Sequence[Tensor]) -> tuple[float,
 def text_nll(model: EditableModel, prompts: Sequence[str], answers: Sequence[str]) -> tuple[float, int]:
     """Summed NLL and token count of ``answers`` after ``prompts`` (for perplexity)."""
     batch = model.task.batch(list(prompts), list(answers)).to(model.device)
-    logits = model.task.logits(model.model, batch)
-    labels = batch.scored_labels
-    return float(token_nll(logits, labels).sum()), int((labels != IGNORE).sum())
+    scored = model.task.scored(model.model, batch)
+    return float((scored.nll() * scored.counts()).sum()), int(scored.mask.sum())
 
 
 @torch.no_grad()

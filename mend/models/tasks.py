@@ -146,6 +146,10 @@ class Task:
         """Logits aligned with ``batch.scored_labels`` (``(B, T, V)``)."""
         raise NotImplementedError
 
+    def scored(self, model: PreTrainedModel, batch: TokenBatch) -> ScoredLogits:
+        """The logits at the scored positions only (what scoring and edit losses read)."""
+        return ScoredLogits.of(self.logits(model, batch), batch.scored_labels)
+
     def sequence_of(self, module_name: str) -> str:
         """Which input sequence a module's activations belong to."""
         return "input"
@@ -182,13 +186,23 @@ class CausalLMTask(Task):
         )
 
     def logits(self, model, batch):
+        rows, logits = self._forward(model, batch)
+        return rows.spread(logits)
+
+    def scored(self, model, batch):
+        # Laid out as (B, T, V), a batch's logits are mostly zeros: scoring reads the rows.
+        rows, logits = self._forward(model, batch)
+        return ScoredLogits.of(logits, batch.scored_labels) if not rows.gathered else \
+            ScoredLogits(logits[0], batch.scored_labels)
+
+    def _forward(self, model, batch) -> tuple[_ScoredRows, Tensor]:
         # Index positions (not a trailing count): the gathered hidden states are
         # contiguous, so the vocabulary projection is one matmul instead of a batched one.
         keep = torch.arange(batch.first_scored, batch.labels.shape[1], device=batch.labels.device)
         scored = batch.scored_labels != IGNORE
         with prompt_window(model, batch.prompt_mask), _head_on(model, scored) as rows:
             logits = model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
-        return rows.spread(logits)
+        return rows, logits
 
 
 class _ScoredRows:
@@ -313,6 +327,45 @@ def task_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, kind: M
             start = tokenizer.pad_token_id
         return Seq2SeqTask(tokenizer, start)
     return ClassifierTask(tokenizer, dict(model.config.label2id or {}), model.config.num_labels)
+
+
+class ScoredLogits:
+    """Logits at a batch's scored positions: ``rows`` ``(n, V)``, one per label that is not
+    ignored in ``labels`` ``(B, T)``, in row-major order."""
+
+    def __init__(self, rows: Tensor, labels: Tensor):
+        self.mask = labels != IGNORE
+        if rows.shape[0] != int(self.mask.sum()):
+            raise ValueError(f"{rows.shape[0]} rows of logits for {int(self.mask.sum())} scored positions")
+        self.rows = rows
+        self.targets = labels[self.mask]
+        self._owner = self.mask.nonzero()[:, 0]
+
+    @classmethod
+    def of(cls, logits: Tensor, labels: Tensor) -> ScoredLogits:
+        """From logits laid out as ``labels`` is (``(B, T, V)``)."""
+        return cls(logits[labels != IGNORE], labels)
+
+    def per_sequence(self, values: Tensor) -> Tensor:
+        """``(B,)``: the sum of ``values`` (one per row) over each sequence's rows."""
+        return values.new_zeros(self.mask.shape[0]).index_add(0, self._owner, values)
+
+    def counts(self) -> Tensor:
+        """Scored positions per sequence (at least 1, for means)."""
+        return self.mask.sum(1).clamp_min(1)
+
+    def hits(self) -> Tensor:
+        """``(n,)``: whether each scored position's argmax is its label."""
+        return self.rows.argmax(-1) == self.targets
+
+    def nll(self) -> Tensor:
+        """``(B,)``: each sequence's mean NLL over its scored positions (differentiable)."""
+        losses = F.cross_entropy(self.rows.float(), self.targets, reduction="none")
+        return self.per_sequence(losses) / self.counts()
+
+    def predictions(self) -> list[Tensor]:
+        """Per sequence, the argmax at each of its scored positions."""
+        return list(self.rows.argmax(-1).split(self.mask.sum(1).tolist()))
 
 
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:

@@ -29,7 +29,6 @@ from torch import nn
 from mend.aggregations.base import FactorChange
 from mend.deltas import LowRankDelta
 from mend.edit import Edit
-from mend.models.tasks import IGNORE, per_example_nll
 
 #: Adam's step, as a fraction of the typical size of a matrix's values.
 DEFAULT_STEP = 0.3
@@ -96,18 +95,16 @@ def refine_values(
     optimiser = torch.optim.Adam(values.params.values(), lr=step)
     batch = model.task.batch([edit.requests[r].prompt for r in requests],
                              [edit.requests[r].target for r in requests]).to(model.device)
-    labels = batch.scored_labels
-    scored = labels != IGNORE
     show = showing or Edit.applied
     n = 0
     with torch.enable_grad():
         while True:
             with show(edit.with_change(edit.change.with_deltas(values.current()))):
-                logits = model.task.logits(model.model, batch)
-                exact = ((logits.argmax(-1) == labels) | ~scored).all(1)
+                scored = model.task.scored(model.model, batch)
+                exact = scored.per_sequence((~scored.hits()).float()) == 0
                 if exact.all() or n == steps:
                     break
-                loss = per_example_nll(logits, labels)[~exact].sum()
+                loss = scored.nll()[~exact].sum()
                 optimiser.zero_grad()
                 loss.backward()
             optimiser.step()

@@ -1,4 +1,5 @@
-"""A causal LM's task logits: the vocabulary projection runs at the scored positions only."""
+"""A task's logits: the vocabulary projection runs at the scored positions only, and
+scoring reads those rows without laying them out."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def test_gradients_through_the_scored_positions_are_the_full_forwards():
     gathered = grad(model.task.logits(model.model, batch))
     full = grad(model.model(**batch.inputs, use_cache=False).logits[:, batch.first_scored :])
     assert torch.allclose(gathered, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5", "bert"])
+def test_scored_logits_are_the_laid_out_logits_at_the_scored_positions(family):
+    from mend.models.tasks import per_example_nll
+
+    model = tiny_model(family)
+    targets = ["1", "0", "1"] if family == "bert" else TARGETS  # a classifier's targets are labels
+    batch = model.task.batch(PROMPTS, targets)
+    labels = batch.scored_labels
+    with torch.no_grad():
+        laid_out = model.task.logits(model.model, batch)
+        scored = model.task.scored(model.model, batch)
+    mask = labels != IGNORE
+    assert torch.allclose(scored.rows, laid_out[mask], atol=1e-5)
+    assert torch.equal(scored.hits(), laid_out.argmax(-1)[mask] == labels[mask])
+    assert torch.allclose(scored.nll(), per_example_nll(laid_out, labels), atol=1e-5)
+    predictions = scored.predictions()
+    assert [len(p) for p in predictions] == mask.sum(1).tolist()
+    for i, p in enumerate(predictions):
+        assert torch.equal(p, laid_out[i].argmax(-1)[mask[i]])
