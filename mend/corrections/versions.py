@@ -289,6 +289,7 @@ class ActiveSet:
         # The combined edit as loaded or last published: once solved it keeps what a
         # further solve reuses (least squares: each matrix's normal equations).
         self.edit: Edit | None = stored
+        self._kept: tuple[frozenset[str], Edit | None] | None = None  # see _without
 
     @classmethod
     def latest(cls, versions: VersionStore) -> ActiveSet:
@@ -306,13 +307,18 @@ class ActiveSet:
 
     def with_batch(self, new: Edit | None, replaced: Iterable[str] = ()) -> Edit | None:
         """The edit of the active corrections, minus ``replaced``, plus ``new``."""
-        replaced = set(replaced)
-        if not replaced:
-            kept = [self.edit] if self.edit is not None else []
-        else:
-            kept = [p for cid, p in self.parts.items() if cid not in replaced]
-        parts = [*kept, *([new] if new is not None else [])]
+        replaced = frozenset(replaced)
+        kept = self.edit if not replaced else self._without(replaced)
+        parts = [p for p in (kept, new) if p is not None]
         return Edit.concat(parts) if parts else None
+
+    def _without(self, replaced: frozenset[str]) -> Edit | None:
+        """The active corrections less ``replaced``, combined once per set replaced: a
+        batch is shown with them many times (each strength, each refining step, judged)."""
+        if self._kept is None or self._kept[0] != replaced:
+            parts = [p for cid, p in self.parts.items() if cid not in replaced]
+            self._kept = (replaced, Edit.concat(parts) if parts else None)
+        return self._kept[1]
 
     def publish(self, new: Edit | None, full: Edit | None, replaced: Iterable[str], details: dict) -> int:
         """Publish ``full`` (= :meth:`with_batch` of ``new`` and ``replaced``) as the next
@@ -324,6 +330,6 @@ class ActiveSet:
             self.parts.pop(cid, None)
         for offset, request in enumerate(new.requests if new is not None else []):
             self.parts[request.request_id] = new.select([offset])
-        self.version, self.edit = version, full
+        self.version, self.edit, self._kept = version, full, None
         self.entries = self.versions.active(version)
         return version
