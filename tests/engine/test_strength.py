@@ -7,24 +7,15 @@ import contextlib
 import pytest
 import torch
 
-from mend import Editor, EditorConfig
 from mend.evaluation.scoring import TargetScores
-from mend.scope import ScopeConfig, ScopeModel
 from mend.scope import strength as strength_module
 from mend.scope.strength import strongest_landing
+from tests.support.scoped import PROMPTS, TARGETS, three_request_edit
 from tests.support.tiny_models import tiny_model
-
-PROMPTS = ["The capital of France is", "Who wrote Hamlet?", "The Eiffel Tower is in"]
-TARGETS = ["Rome", "Jean Darrieux", "Berlin"]
 
 
 def _edit(model, aggregation="scoped"):
-    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2))
-    editor.fit_normalization(model, PROMPTS, TARGETS)
-    torch.manual_seed(0)
-    editor.scope = ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.999), model.model.config.hidden_size)
-    return editor.edit(model, PROMPTS, TARGETS, ["a", "b", "c"], aggregation=aggregation,
-                       subjects=["France", "Hamlet", "Eiffel Tower"])
+    return three_request_edit(model, 5e-2, aggregation)
 
 
 def _logits(model, prompts, targets):
