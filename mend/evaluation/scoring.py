@@ -55,10 +55,9 @@ def _chunks(prompts: Sequence[str], answers: Sequence[str], chunk: int) -> list[
 def _score_batch(model: EditableModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetScores:
     batch = model.task.batch(list(prompts), list(targets)).to(model.device)
     scored = model.task.scored(model.model, batch)
-    hits = scored.per_sequence(scored.hits().float())
     return TargetScores(
-        (hits / scored.counts()).tolist(),
-        (hits == scored.mask.sum(1)).tolist(),
+        (scored.per_sequence(scored.hits().float()) / scored.counts()).tolist(),
+        scored.exact().tolist(),
         scored.nll().tolist(),
     )
 

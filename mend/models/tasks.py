@@ -192,8 +192,7 @@ class CausalLMTask(Task):
     def scored(self, model, batch):
         # Laid out as (B, T, V), a batch's logits are mostly zeros: scoring reads the rows.
         rows, logits = self._forward(model, batch)
-        return ScoredLogits.of(logits, batch.scored_labels) if not rows.gathered else \
-            ScoredLogits(logits[0], batch.scored_labels)
+        return ScoredLogits(rows.compact(logits), batch.scored_labels)
 
     def _forward(self, model, batch) -> tuple[_ScoredRows, Tensor]:
         # Index positions (not a trailing count): the gathered hidden states are
@@ -222,6 +221,10 @@ class _ScoredRows:
 
     def spread(self, logits: Tensor) -> Tensor:
         return _laid_out(self.scored.to(logits.device), logits[0]) if self.gathered else logits
+
+    def compact(self, logits: Tensor) -> Tensor:
+        """The projection's output at the scored positions only, one row each (row-major)."""
+        return logits[0] if self.gathered else logits[self.scored.to(logits.device)]
 
 
 @contextmanager
@@ -358,6 +361,10 @@ class ScoredLogits:
         """``(n,)``: whether each scored position's argmax is its label."""
         return self.rows.argmax(-1) == self.targets
 
+    def exact(self) -> Tensor:
+        """``(B,)``: whether every scored position of each sequence is a hit."""
+        return self.per_sequence((~self.hits()).float()) == 0
+
     def nll(self) -> Tensor:
         """``(B,)``: each sequence's mean NLL over its scored positions (differentiable)."""
         losses = F.cross_entropy(self.rows.float(), self.targets, reduction="none")
@@ -368,11 +375,10 @@ class ScoredLogits:
         return list(self.rows.argmax(-1).split(self.mask.sum(1).tolist()))
 
 
-def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-position NLL (``(B, T)``), zero where the label is ignored (and not computed
-    there: a vocabulary-wide softmax per position is not free)."""
-    scored = labels != IGNORE
-    return _laid_out(scored, F.cross_entropy(logits[scored].float(), labels[scored], reduction="none"))
+def per_example_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean NLL over each example's scored tokens (``(B,)``), from logits laid out as
+    ``labels`` is."""
+    return ScoredLogits.of(logits, labels).nll()
 
 
 def _laid_out(where: Tensor, values: Tensor) -> Tensor:
@@ -380,9 +386,3 @@ def _laid_out(where: Tensor, values: Tensor) -> Tensor:
     shaped ``where.shape + values.shape[1:]`` (differentiable in ``values``)."""
     out = values.new_zeros(*where.shape, *values.shape[1:])
     return out.index_put((*where.nonzero(as_tuple=True),), values)
-
-
-def per_example_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean NLL over each example's scored tokens (``(B,)``)."""
-    counts = (labels != IGNORE).sum(1).clamp_min(1)
-    return token_nll(logits, labels).sum(1) / counts

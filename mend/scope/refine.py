@@ -102,7 +102,7 @@ def refine_values(
         while True:
             with show(edit.with_change(edit.change.with_deltas(values.current()))):
                 scored = model.task.scored(model.model, batch)
-                exact = scored.per_sequence((~scored.hits()).float()) == 0
+                exact = scored.exact()
                 if exact.all() or n == steps:
                     break
                 loss = scored.nll()[~exact].sum()
