@@ -41,7 +41,15 @@ class EditableModel:
         kind: ModelKind | None = None,
         patterns: Sequence[str] | None = None,
     ) -> EditableModel:
-        """Wrap an already loaded model; ``patterns`` default to the family's targets."""
+        """Wrap an already loaded model; ``patterns`` default to the family's targets.
+
+        Its weights are frozen (``requires_grad`` off): an edit's gradient is taken with
+        respect to the edited matrices' inputs and outputs (:mod:`mend.capture`), never
+        their weights, and a weight that wanted a gradient would make every backward pass
+        run through, and keep a gradient for, the whole model. Methods that do train
+        weights (fine-tuning baselines) turn on their own matrices while they run."""
+        for p in model.parameters():
+            p.requires_grad_(False)
         if kind is None:
             if getattr(model.config, "is_encoder_decoder", False):
                 kind = "seq2seq"

@@ -47,6 +47,9 @@ def test_refined_requests_land_and_keep_their_keys_while_the_others_are_untouche
         mine = before.example == 0
         assert torch.equal(delta.v[mine], before.v[mine])  # request a was not refined
         assert not torch.equal(delta.v[~mine], before.v[~mine])
+    # The base model is frozen: refining's backward passes reach the values alone, not
+    # (through every block) the model's own weights.
+    assert all(p.grad is None and not p.requires_grad for p in model.model.parameters())
 
 
 def test_without_steps_the_edit_is_judged_but_unchanged():
