@@ -237,21 +237,31 @@ class RoutedChanges:
                      index.n_requests, asked, index.relations)
 
     def _gather(self, active: list[Tensor], batch: int) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per module, the switched-on rows of each sequence, zero-padded to one width."""
+        """Per module, the switched-on rows of each sequence, zero-padded to one width.
+
+        One gather per module for the whole batch: values being refined
+        (:mod:`mend.scope.refine`) carry a graph over every stored row, and each
+        separate pick would give the backward pass its own index-sized gradient."""
         if not any(len(a) for a in active):
             return {}
+        requests = torch.cat([a.long() for a in active])
+        sequence = torch.repeat_interleave(torch.arange(batch), torch.tensor([len(a) for a in active]))
         plan = {}
         for name, (u, v, start) in self.index().rows.items():
-            picks = [torch.cat([torch.arange(int(start[r]), int(start[r + 1])) for r in a]) if len(a)
-                     else torch.zeros(0, dtype=torch.long) for a in active]
-            width = max(len(p) for p in picks)
+            first, count = start[requests], start[requests + 1] - start[requests]
+            per_sequence = torch.zeros(batch, dtype=torch.long).index_add_(0, sequence, count)
+            width = int(per_sequence.max())
             if width == 0:
                 continue
-            us = u.new_zeros(batch, width, u.shape[1])
-            vs = v.new_zeros(batch, width, v.shape[1])
-            for i, p in enumerate(picks):
-                us[i, : len(p)] = u[p]
-                vs[i, : len(p)] = v[p]
+            # Row k of the picks: the (k - where its request's rows begin among the
+            # picks)-th row of that request, at the next free slot of its sequence.
+            owner = torch.repeat_interleave(torch.arange(len(requests)), count)
+            begins = torch.cumsum(count, 0) - count
+            rows = first[owner] + torch.arange(len(owner)) - begins[owner]
+            row_sequence = sequence[owner]
+            slot = torch.arange(len(owner)) - (torch.cumsum(per_sequence, 0) - per_sequence)[row_sequence]
+            us = u.new_zeros(batch, width, u.shape[1]).index_put((row_sequence, slot), u[rows])
+            vs = v.new_zeros(batch, width, v.shape[1]).index_put((row_sequence, slot), v[rows])
             plan[name] = (us, vs)
         return plan
 
