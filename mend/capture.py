@@ -43,28 +43,29 @@ class Capture:
     per_example_loss: Tensor
 
     @staticmethod
-    def cat(parts: Sequence[Capture]) -> Capture:
-        """One capture of consecutive batches, examples renumbered across them.
+    def cat(parts: Sequence[Capture], examples: Sequence[Sequence[int]] | None = None) -> Capture:
+        """One capture of several batches, examples renumbered across them: consecutive,
+        or ``examples[i][j]`` is the number of part ``i``'s example ``j`` (its rows then
+        come in the order of one batch: by example, each example's in its own order).
 
         Exact because the loss is a sum of per-example losses: each example's factors
         do not depend on the others in its batch.
         """
-        factors: dict[str, list[Factors]] = {}
-        offset = 0
-        for part in parts:
-            for name, f in part.factors.items():
-                factors.setdefault(name, []).append(Factors(f.u, f.delta, f.example + offset))
-            offset += part.per_example_loss.shape[0]
-        return Capture(
-            {
-                name: Factors(
-                    torch.cat([f.u for f in fs]), torch.cat([f.delta for f in fs]), torch.cat([f.example for f in fs])
-                )
-                for name, fs in factors.items()
-            },
-            sum(p.loss for p in parts),
-            torch.cat([p.per_example_loss for p in parts]),
-        )
+        if examples is None:
+            offsets = torch.cumsum(torch.tensor([0] + [p.per_example_loss.shape[0] for p in parts]), 0)
+            examples = [range(int(offsets[i]), int(offsets[i + 1])) for i in range(len(parts))]
+        numbers = [torch.as_tensor(list(e), dtype=torch.long) for e in examples]
+        per_example = torch.cat([p.per_example_loss for p in parts])
+        per_example = per_example.new_empty(per_example.shape).index_copy_(0, torch.cat(numbers).to(per_example.device),
+                                                                             per_example)
+        factors: dict[str, Factors] = {}
+        for name in parts[0].factors:
+            fs = [p.factors[name] for p in parts]
+            example = torch.cat([n.to(f.example.device)[f.example] for n, f in zip(numbers, fs, strict=True)])
+            order = torch.argsort(example, stable=True)
+            factors[name] = Factors(torch.cat([f.u for f in fs])[order], torch.cat([f.delta for f in fs])[order],
+                                    example[order])
+        return Capture(factors, sum(p.loss for p in parts), per_example)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
 from mend.models.editable import EditableModel
+from mend.models.batching import length_chunks
 from mend.models.fingerprints import recorded_fingerprint
 from mend.models.targets import EditTarget
 from mend.scope.model import ScopeModel
@@ -231,13 +232,15 @@ class Editor(nn.Module):
 
     def _capture(self, model: EditableModel, prompts, targets, chunk: int = CAPTURE_CHUNK) -> Capture:
         # In chunks: one pass over a thousand edits would hold a thousand sequences'
-        # activations and vocabulary logits at once (~20 GB for SmolLM2).
+        # activations and vocabulary logits at once (~20 GB for SmolLM2). Chunks of
+        # similar length: padding to the longest of a chunk is computed for nothing.
         prompts, targets = list(prompts), list(targets)
+        chunks = length_chunks([len(p) + len(t) for p, t in zip(prompts, targets, strict=True)], chunk)
         parts = []
-        for start in range(0, len(prompts), chunk):
-            batch = model.task.batch(prompts[start : start + chunk], targets[start : start + chunk]).to(model.device)
+        for index in chunks:
+            batch = model.task.batch([prompts[i] for i in index], [targets[i] for i in index]).to(model.device)
             parts.append(capture_factors(model.model, model.task, self.targets, batch, self.config.token_mode))
-        return parts[0] if len(parts) == 1 else Capture.cat(parts)
+        return Capture.cat(parts, chunks)
 
     def edit(
         self,

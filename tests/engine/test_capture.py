@@ -94,3 +94,23 @@ def test_chunked_capture_equals_one_pass(family):
         assert torch.equal(f.example, g.example)
         assert torch.allclose(f.u, g.u, atol=1e-5) and torch.allclose(f.delta, g.delta, atol=1e-5)
     assert torch.allclose(whole.per_example_loss, joined.per_example_loss, atol=1e-5)
+
+
+def test_chunks_captured_out_of_order_equal_one_pass():
+    """The editor captures chunks of similar length: numbered back, the rows are those of
+    one pass over the requests in their own order."""
+    from mend.capture import Capture
+
+    model = tiny_model("llama")
+    prompts = ["The capital of France is", "A", "Water boils at a temperature of", "Cats"]
+    targets = [" Paris", " b", " one hundred degrees", " purr"]
+    whole = capture_factors(model.model, model.task, model.targets, model.task.batch(prompts, targets))
+    chunks = [[3, 1], [2, 0]]
+    parts = [capture_factors(model.model, model.task, model.targets,
+                             model.task.batch([prompts[i] for i in c], [targets[i] for i in c])) for c in chunks]
+    joined = Capture.cat(parts, chunks)
+    for name, f in whole.factors.items():
+        g = joined.factors[name]
+        assert torch.equal(f.example, g.example)
+        assert torch.allclose(f.u, g.u, atol=1e-5) and torch.allclose(f.delta, g.delta, atol=1e-5)
+    assert torch.allclose(whole.per_example_loss, joined.per_example_loss, atol=1e-5)
