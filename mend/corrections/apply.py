@@ -44,6 +44,7 @@ from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.unedited_blocks import reusing_unedited_blocks
 from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
+from mend.scope.refine import refine_values
 from mend.scope.routing import switching_on
 from mend.scope.strength import DEFAULT_STRENGTHS, written
 from mend.scope.supersede import Questions, agreeing, same_question
@@ -83,7 +84,8 @@ class ApplyConfig(BaseModel):
         DEFAULT_REFINE_STEPS,
         ge=0,
         description="scoped runs: corrections that land at no strength have their values fitted on their own "
-        "prompt for at most this many gradient steps, each stopping once it lands (mend.scope.refine; 0: never)",
+        "prompt for at most this many gradient steps, each stopping once it lands, and so do corrections that "
+        "undo an active one, with its prompt and target kept alongside (mend.scope.refine; 0: never)",
     )
     keep_adapters: int | None = Field(
         None,
@@ -326,6 +328,22 @@ class ApplyRun:
         return undone_by(edit, earlier, self._prompt_states, len(earlier) + len(edit.requests),
                          lambda: self.hooked.showing(current))
 
+    def _sparing(self, edit: Edit, undoes: dict[str, list[str]], current: Edit, replaced: set[str],
+                 recorded: list[dict]) -> Edit:
+        """``edit`` with the values of the corrections that undo active ones refined on their
+        own prompts and, kept alongside, the prompts and targets of the active corrections
+        they undo (:func:`mend.scope.refine.refine_values`); ``spare_steps`` is recorded
+        for each (-1: one of them still fails)."""
+        where = {r.request_id: i for i, r in enumerate(edit.requests)}
+        active = {r.request_id: r for r in current.requests}
+        undone = list(dict.fromkeys(a for ids in undoes.values() for a in ids))
+        refined = refine_values(edit, [where[cid] for cid in undoes], self.config.refine_steps,
+                                showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)),
+                                keep=[(active[a].prompt, active[a].target) for a in undone])
+        for i, steps in zip(refined.requests, refined.steps, strict=True):
+            recorded[i]["spare_steps"] = steps
+        return refined.edit
+
     def _changeable_probes(self, batch: list[Correction], edit: Edit, replaced: set[str]) -> list[bool] | None:
         """Which of the batch's locality probes publishing it can change (None: all). A
         routed batch changes only inputs that switch on one of its corrections or one it
@@ -345,10 +363,16 @@ class ApplyRun:
         pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
+        undoes = self._undone(edit, current, replaced)
+        if undoes and config.refine_steps:
+            edit = self._sparing(edit, undoes, current, replaced, recorded)
+            judged = self.active.with_batch(edit, replaced)
+            self.hooked.swap(judged)
+            undoes = self._undone(edit, current, replaced)
         metrics = correction_metrics(self.model, batch, pre)
         for c, extra in zip(batch, recorded, strict=True):
             metrics[c.id].update(extra)
-        for cid, undone in self._undone(edit, current, replaced).items():
+        for cid, undone in undoes.items():
             metrics[cid]["undoes"] = undone
         reasons = {c.id: verdict(config.policy, metrics[c.id]) for c in batch}
         self._reject([c for c in batch if reasons[c.id] is not None], reasons, metrics)

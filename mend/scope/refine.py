@@ -41,7 +41,7 @@ DEFAULT_STEPS = 20
 class Refined:
     """``edit`` with the refined requests' values replaced; ``steps[i]`` is the step at
     which request ``requests[i]`` had its target as the answer to its prompt with all of
-    them refined (-1: it did not by the last step)."""
+    them refined (-1: it, or a pair kept alongside, did not by the last step)."""
 
     edit: Edit
     requests: list[int]
@@ -79,13 +79,17 @@ def refine_values(
     steps: int = DEFAULT_STEPS,
     step: float = DEFAULT_STEP,
     showing: Callable[[Edit], AbstractContextManager] | None = None,
+    keep: Sequence[tuple[str, str]] = (),
 ) -> Refined:
     """``edit`` with the values of ``requests`` fitted until each one's target is the
     exact teacher-forced answer to its prompt, at most ``steps`` Adam steps of ``step``
     times the values' typical size.
 
     ``showing(e)`` puts ``e`` into the model as it would be judged (default:
-    ``e.applied()``; the corrections queue shows it with the active corrections)."""
+    ``e.applied()``; the corrections queue shows it with the active corrections).
+    ``keep``: other (prompt, target) pairs fitted alongside, whose targets must be the
+    exact answers too (active corrections the refined ones are switched on with and
+    would otherwise take the target from)."""
     if not getattr(edit.change, "routed", False) or not isinstance(edit.change, FactorChange):
         raise ValueError(f"a {edit.aggregation} edit cannot be refined per request: only routed (scoped) edits can")
     requests = list(requests)
@@ -94,8 +98,9 @@ def refine_values(
     model = edit.model
     values = _Values(edit.change.deltas(), requests)
     optimiser = torch.optim.Adam(values.params.values(), lr=step)
-    batch = model.task.batch([edit.requests[r].prompt for r in requests],
-                             [edit.requests[r].target for r in requests]).to(model.device)
+    keep = list(keep)
+    batch = model.task.batch([edit.requests[r].prompt for r in requests] + [p for p, _ in keep],
+                             [edit.requests[r].target for r in requests] + [t for _, t in keep]).to(model.device)
     show = showing or Edit.applied
     n = 0
     with torch.enable_grad():
@@ -110,8 +115,9 @@ def refine_values(
                 loss.backward()
             optimiser.step()
             n += 1
+    # A request counts as landed once it and every kept pair are exact.
+    landed = [bool(ok) and bool(exact[len(requests):].all()) for ok in exact[: len(requests)].tolist()]
     if n == 0:  # nothing was fitted: the edit as it came
-        return Refined(edit, requests, [0 if ok else -1 for ok in exact.tolist()])
+        return Refined(edit, requests, [0 if ok else -1 for ok in landed])
     final = {name: LowRankDelta(d.u, d.v.detach(), d.example) for name, d in values.current().items()}
-    return Refined(edit.with_change(edit.change.with_deltas(final)), requests,
-                   [n if ok else -1 for ok in exact.tolist()])
+    return Refined(edit.with_change(edit.change.with_deltas(final)), requests, [n if ok else -1 for ok in landed])

@@ -492,8 +492,9 @@ def test_scoped_corrections_landing_at_no_strength_are_refined_until_they_land(t
         assert all(score_targets(model, [i["prompt"] for i in items], [i["target"] for i in items]).exact)
 
 
-@pytest.mark.parametrize("protect", [False, True])
-def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is_refused(tmp_path, protect):
+@pytest.mark.parametrize(("protect", "refine_steps"), [(False, 0), (True, 0), (True, 60)])
+def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is_refined_or_refused(
+        tmp_path, protect, refine_steps):
     from mend.evaluation.scoring import score_targets
 
     queue, model, editor = _scoped_setup(tmp_path)
@@ -502,7 +503,7 @@ def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is
     # the older one's prompt, which names it, without asking the same question.
     editor.scope = editor.scope.with_threshold(0.999, -0.99)
     policy = LENIENT.model_copy(update={"protect_active": protect})
-    config = ApplyConfig(batch_size=1, policy=policy, aggregation="scoped")
+    config = ApplyConfig(batch_size=1, policy=policy, aggregation="scoped", refine_steps=refine_steps)
     old = _question("old", "Who designed Toodyay Fire Station?", "Paris", "Toodyay Fire Station", 0)
     queue.submit([old])
     apply_pending(queue, model, editor, config)
@@ -515,7 +516,14 @@ def test_a_scoped_correction_that_undoes_an_active_one_it_is_switched_on_with_is
     assert old_holds()
     queue.submit([_question("new", "Where is Toodyay?", "Rome", "Toodyay", 1)])
     report = apply_pending(queue, model, editor, config)
-    if protect:
+    if protect and refine_steps:
+        # Its values refined with the older correction's prompt and target kept alongside:
+        # published, and both hold.
+        assert report.applied == ["new"] and report.rejected == []
+        metrics = versions.manifest(versions.latest())["corrections"]["new"]["metrics"]
+        assert metrics["spare_steps"] >= 1 and metrics["edit_exact"] and "undoes" not in metrics
+        assert old_holds()
+    elif protect:
         assert report.applied == [] and report.rejected == [
             ("new", "undoes active correction 'old' (its prompt no longer gets its target)")]
         assert queue.read("rejected", "new")["metrics"]["undoes"] == ["old"]

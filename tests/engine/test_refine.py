@@ -64,3 +64,15 @@ def test_only_routed_edits_are_refined():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="only routed"):
         refine_values(_edit(model, aggregation="sum"), [0])
+
+
+def test_a_request_counts_as_landed_only_once_the_pairs_kept_alongside_hold_too():
+    model = tiny_model("llama")
+    edit = _edit(model)
+    kept = ("Water boils at", " Paris")  # switches on nothing: refining cannot make it hold
+    with edit.applied(model):
+        assert not score_targets(model, [kept[0]], [kept[1]]).exact[0]
+    alone = refine_values(edit, [1], steps=60, step=0.3)
+    assert alone.landed == [1]
+    refined = refine_values(edit, [1], steps=5, step=0.3, keep=[kept])
+    assert refined.steps == [-1] and refined.landed == []
