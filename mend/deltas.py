@@ -52,6 +52,8 @@ class LowRankDelta:
     def cat(deltas: Iterable[LowRankDelta]) -> LowRankDelta:
         """The sum of several changes, as one change of the summed rank."""
         deltas = list(deltas)
+        if len(deltas) == 1:  # nothing to join: no copy (a refined edit's values carry a graph)
+            return deltas[0]
         return LowRankDelta(
             torch.cat([d.u for d in deltas]),
             torch.cat([d.v for d in deltas]),

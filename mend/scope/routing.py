@@ -185,10 +185,15 @@ class RoutedChanges:
         rows = {}
         for name, parts in per_module.items():
             merged = LowRankDelta.cat(parts)
-            order = torch.argsort(merged.example, stable=True)
-            owner = merged.example[order]
+            owner = merged.example
+            u, v = merged.u, merged.v
+            # Edits keep their rows in request order, so this is rarely needed; gathering
+            # anyway would copy every row's values, and with them their graph while refining.
+            if len(owner) > 1 and not bool((owner[1:] >= owner[:-1]).all()):
+                order = torch.argsort(owner, stable=True)
+                owner, u, v = owner[order], u[order], v[order]
             start = torch.searchsorted(owner, torch.arange(offset + 1))
-            rows[name] = (merged.u[order], merged.v[order], start)
+            rows[name] = (u, v, start)
         return _Index(torch.cat(keys), torch.cat(owners), cat_padded(subjects), torch.cat(relations), offset, rows)
 
     # -- deciding on the prompt ------------------------------------------------------
