@@ -19,8 +19,8 @@ from mend.deltas import LowRankDelta
 from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
-from mend.models.editable import EditableModel
 from mend.models.batching import length_chunks
+from mend.models.editable import EditableModel
 from mend.models.fingerprints import recorded_fingerprint
 from mend.models.targets import EditTarget
 from mend.scope.model import ScopeModel
