@@ -124,8 +124,6 @@ def main() -> None:
         editor.scope = ScopeModel.load(args.scope)
     config = ApplyConfig(batch_size=args.batch_size, passes=args.passes, aggregation=args.aggregation)
     model = EditableModel.load("smollm2-135m", patterns=editor.config.patterns)
-    for p in model.model.parameters():
-        p.requires_grad_(False)
     sizes = [int(s) for s in args.sizes.split(",")]
     probes = as_corrections(zsre_records(40))
     # The unit of the ratio is timed before and after every run and the median of all of

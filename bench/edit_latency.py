@@ -62,8 +62,7 @@ def main() -> None:
         editor.fit_normalization(model, [p for p, _ in pairs], [t for _, t in pairs])
     editor.eval()
 
-    for p in model.model.parameters():
-        p.requires_grad_(False)
+    # The model comes frozen (EditableModel.wrap): only the edited matrices want gradients.
     weights = [model.model.get_submodule(t.module_name).weight for t in model.targets]
     for w in weights:
         w.requires_grad_(True)

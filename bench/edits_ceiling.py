@@ -168,8 +168,6 @@ def main() -> None:
     if len({r.record_id for r in records}) != len(records):
         raise SystemExit("record ids are not unique")
     model = EditableModel.load("smollm2-135m")
-    for p in model.model.parameters():
-        p.requires_grad_(False)
     path = RESULTS / "edits_ceiling.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result.pop("machine", None)

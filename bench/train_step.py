@@ -83,8 +83,6 @@ def dense_step(model: EditableModel, editor: Editor, batch, update_stats: bool =
 
 
 def setup(model: EditableModel, token_mode: str):
-    for p in model.model.parameters():
-        p.requires_grad_(False)
     torch.manual_seed(0)
     editor = Editor.for_model(model, EditorConfig(down_init="xavier", token_mode=token_mode))
     editor.fit_normalization(model, [r.prompt for r in RECORDS], [r.target for r in RECORDS])

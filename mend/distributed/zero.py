@@ -39,8 +39,6 @@ def load_base_model(config: TrainConfig, setup: ZeroSetup, device: torch.device)
 
         _HF_DS_CONFIG = HfDeepSpeedConfig(setup.base_config(config))
     model = EditableModel.load(config.model, dtype=config.dtype, patterns=config.editor.patterns)
-    for p in model.model.parameters():
-        p.requires_grad_(False)
     if not setup.partitions_base:
         model.model.to(device)
     return model

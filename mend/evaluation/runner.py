@@ -164,8 +164,6 @@ def evaluate(
     group (every record is still edited): scoring, one record at a time, is what costs
     at tens of thousands of edits.
     """
-    for p in model.model.parameters():
-        p.requires_grad_(False)
     k = 1 if mode == "single" else k
     groups = [list(records[i : i + k]) for i in range(0, len(records), k)]
     rows: list[dict] = []

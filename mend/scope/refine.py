@@ -116,7 +116,8 @@ def refine_values(
             optimiser.step()
             n += 1
     # A request counts as landed once it and every kept pair are exact.
-    landed = [bool(ok) and bool(exact[len(requests):].all()) for ok in exact[: len(requests)].tolist()]
+    kept_hold = bool(exact[len(requests):].all())
+    landed = [ok and kept_hold for ok in exact[: len(requests)].tolist()]
     if n == 0:  # nothing was fitted: the edit as it came
         return Refined(edit, requests, [0 if ok else -1 for ok in landed])
     final = {name: LowRankDelta(d.u, d.v.detach(), d.example) for name, d in values.current().items()}

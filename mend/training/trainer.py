@@ -201,8 +201,6 @@ class Trainer:
         self.data = data
         self.out = Path(config.output_dir)
         self.on_validation = on_validation
-        for p in model.model.parameters():  # the base model is frozen
-            p.requires_grad_(False)
         torch.manual_seed(config.seed)
         self.editor = editor or initial_editor(model, config)
         self.backend = backend(self.editor, config)
