@@ -80,6 +80,7 @@ def main() -> None:
         "multi_edit_curve": summary["evaluation"]["curve"],
         "n_eval_records": summary["evaluation"]["n_single"],
         "training": summary["training"],
+        "scope": summary["scope"],
         "dataset": summary["dataset"],
     })
     if scratch and not args.keep:

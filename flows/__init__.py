@@ -2,6 +2,7 @@
 
     prepare_data      flows/prepare_data.py:prepare_data
     train_editor      flows/train_editor.py:train_editor
+    fit_scope         flows/fit_scope.py:fit_scope
     evaluate          flows/evaluate.py:evaluate
     register          flows/register.py:register
     promote           flows/promote.py:promote

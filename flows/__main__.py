@@ -1,5 +1,5 @@
 """``python -m flows``: the main job. Runs retrain-pipeline (prepare-data, train-editor,
-evaluate, register, promote), then says where to look and prints the champion.
+fit-scope, evaluate, register, promote), then says where to look and prints the champion.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     """The main job: run retrain-pipeline, then say where to look and print the champion."""
     parser = argparse.ArgumentParser(
         prog="python -m flows",
-        description="Run the MEND retraining pipeline (prepare-data, train-editor, evaluate, register, promote).",
+        description="Run the MEND retraining pipeline (prepare-data, train-editor, fit-scope, evaluate, register, promote).",
     )
     add_common_options(parser)
     parser.add_argument("--data", action="append", default=[], metavar="PATH_OR_S3_URI",

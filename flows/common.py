@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -119,3 +119,12 @@ def md_table(rows: list[dict], keys: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+@task(name="fetch-editor", **TRANSIENT)
+def fetch_editor(store_uri: str, prefix: str, target: str) -> str:
+    """Download the editor from the store (checksums verified), unless an identical copy is here."""
+    store = store_for(store_uri)
+    target_path = Path(target)
+    store.download_dir(prefix, target_path)
+    return str(target_path)

@@ -22,6 +22,7 @@ from flows.common import (
     TRANSIENT,
     ConfigArg,
     Progress,
+    fetch_editor,
     load_config,
     logger,
     markdown,
@@ -31,15 +32,6 @@ from flows.common import (
 )
 from mend.pipeline import data as pdata
 from mend.pipeline import evaluation as peval
-
-
-@task(name="fetch-editor", **TRANSIENT)
-def fetch_editor(store_uri: str, prefix: str, target: str) -> str:
-    """Download the editor from the store (checksums verified), unless an identical copy is here."""
-    store = store_for(store_uri)
-    target_path = Path(target)
-    store.download_dir(prefix, target_path)
-    return str(target_path)
 
 
 @task(name="run-evaluation", **PERSIST)

@@ -12,12 +12,14 @@ code version. Registering the same editor again returns the existing version.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 
 from flows.common import PERSIST, TRANSIENT, ConfigArg, load_config, logger, markdown, md_table
+from mend.editor.editor import SCOPE_DIR
 from mend.storage import sha256_file
 
 
@@ -33,6 +35,16 @@ def _base_model_dir(model: str) -> Path | None:
     return None
 
 
+def _editor_sha(editor_dir: Path) -> str:
+    """sha256 of the editor's weights, combined with its scope model's files when it has
+    one: the same weights with a scope are another version (they edit otherwise)."""
+    weights = sha256_file(editor_dir / "editor.safetensors")
+    scope = sorted((editor_dir / SCOPE_DIR).glob("scope.*"))
+    if not scope:
+        return weights
+    return hashlib.sha256(" ".join([weights, *(sha256_file(p) for p in scope)]).encode()).hexdigest()
+
+
 @task(name="log-to-mlflow", **TRANSIENT, **PERSIST)
 def log_to_mlflow(config: dict[str, Any], manifest: dict[str, Any], training: dict[str, Any],
                   evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +52,7 @@ def log_to_mlflow(config: dict[str, Any], manifest: dict[str, Any], training: di
 
     cfg = load_config(config)
     editor_dir = Path(evaluation["editor_dir"])
-    editor_sha = sha256_file(editor_dir / "editor.safetensors")
+    editor_sha = _editor_sha(editor_dir)
     client = reg.connect(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri)
     # Idempotent: a retry (or a re-run that produced the very same editor) finds its version.
     try:

@@ -1,4 +1,4 @@
-"""Flow ``retrain-pipeline``: prepare-data -> train-editor -> evaluate -> register -> promote.
+"""Flow ``retrain-pipeline``: prepare-data -> train-editor -> fit-scope -> evaluate -> register -> promote.
 
     python -m flows                       # the main job with configs/pipeline-default.yaml
     python -m flows --data my_edits.json --data s3://bucket/more.jsonl --set train.max_minutes=30
@@ -17,6 +17,7 @@ from prefect import flow
 
 from flows.common import ConfigArg, load_config, logger, markdown, md_table
 from flows.evaluate import evaluate
+from flows.fit_scope import fit_scope
 from flows.prepare_data import prepare_data
 from flows.promote import promote
 from flows.register import register
@@ -36,7 +37,7 @@ def retrain_pipeline(config: ConfigArg = None, overrides: dict[str, Any] | None 
     log.info("retraining %s on %s (store %s)", cfg.model, [s.path for s in cfg.data.sources], cfg.storage.uri)
 
     manifest = prepare_data(cfg_dict)
-    training = train_editor(manifest, cfg_dict, resume=resume)
+    training = fit_scope(manifest, train_editor(manifest, cfg_dict, resume=resume), cfg_dict)
     evaluation = evaluate(manifest, training, cfg_dict)
     registered = register(manifest, training, evaluation, cfg_dict)
     decision = promote(registered["model_name"], registered["version"], cfg_dict)
@@ -56,6 +57,7 @@ def retrain_pipeline(config: ConfigArg = None, overrides: dict[str, Any] | None 
                     "counts": manifest["counts"], "rejected": manifest["n_rejected"], "store_uri": manifest["store_uri"]},
         "training": {k: training[k] for k in ("run_id", "steps", "stopped", "train_minutes", "best_step",
                                               "best_metric", "resumed_from_step", "editor_uri")},
+        "scope": training.get("scope"),
         "evaluation": {"tables": table_rows(evaluation["tables"]), "curve": evaluation["curve"],
                        "n_single": evaluation["n_single"], "files": evaluation["files"]},
         "candidate_metrics": decision["candidate"],
@@ -85,6 +87,7 @@ def render_report(s: dict[str, Any]) -> str:
         f"`{s['dataset']['dataset_hash'][:16]}`, store `{s['dataset']['store_uri']}`",
         f"* Training: {t['steps']} steps in {t['train_minutes']:.1f} min ({t['stopped']}), "
         f"best at step {t['best_step']}; editor `{t['editor_uri']}`",
+        f"* Scope: {_scope_line(s['scope'])}",
         "",
         f"## Single edits ({s['evaluation']['n_single']} held-out records)",
         md_table(s["evaluation"]["tables"], ["method", "edit_success", "generalization", "locality",
@@ -98,3 +101,12 @@ def render_report(s: dict[str, Any]) -> str:
         *[f"* {name}: `{path}`" for name, path in s["evaluation"]["files"].items() if path.endswith(".png")],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _scope_line(scope: dict[str, Any] | None) -> str:
+    if scope is None:
+        return "none (scope.enabled: false): the editor sums its corrections into the weights"
+    chosen = scope["layer_choice"][str(scope["layer"])]
+    return (f"block {scope['layer']}, threshold {scope['threshold']:.3f}; of {scope['n_val']} val records' rephrases "
+            f"{chosen['recall']:.3f} switch their own correction on, of their locality prompts "
+            f"{chosen['false_positives']['val']:.3f} switch any on")

@@ -116,7 +116,7 @@ def editor_name(path: str) -> str:
     return parts[-1] if parts else path
 
 
-METHOD = {"mend": "MEND", "ft": "FT", "ft_l": "FT+L"}
+METHOD = {"mend": "MEND", "mend_sum": "MEND summed into the weights", "ft": "FT", "ft_l": "FT+L"}
 
 # What each benchmark editor is (settings, not measurements); see docs/benchmarks/.
 EDITORS = {
@@ -174,9 +174,20 @@ def main_job_summary() -> str:
         ["data (bundled zsRE)", f"train {ds['counts']['train']}, val {ds['counts']['val']}, "
                                 f"test {ds['counts']['test']}, rejected {ds['rejected']}"],
         ["evaluated records", ", ".join(f"{METHOD[m]} {r['n']}" for m, r in d["evaluation"].items())],
+        ["scope", _scope(d.get("scope"))],
         ["decision", f"{d['alias']}: {d['decision']}"],
     ]
     return markdown(["", "main job"], rows) + source("main_job", d, d["command"])
+
+
+def _scope(scope: dict | None) -> str:
+    """The pipeline's scope: the block it reads, and what the val split measured of it."""
+    if not scope:
+        return "none: the champion sums its corrections into the weights"
+    q = scope["layer_choice"][str(scope["layer"])]
+    return (f"block {scope['layer']} (fitted on {scope['n_train']} records in {scope['seconds']:.0f} s); on the "
+            f"{scope['n_val']} val records: recall {metric(q['recall'])} of rephrases, false positives "
+            f"{metric(q['false_positives']['val'])} of locality prompts")
 
 
 def main_job_methods() -> str:

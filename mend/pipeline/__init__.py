@@ -7,6 +7,7 @@ can be tested and reused without an orchestrator.
     config       the pipeline's typed configuration (``configs/pipeline-default.yaml``)
     data         resolve, validate, split, hash and store the editing data
     training     meta-train an editor in-process or through a launcher (DeepSpeed)
+    scoping      fit the trained editor's scope model, publish the scoped editor
     evaluation   evaluation tables, FT/FT+L baselines, multi-edit curves and plots
     promotion    the champion/challenger gate
 """

@@ -201,6 +201,26 @@ class EvalSpec(_Strict):
     ft: FineTuneSpec = Field(default_factory=FineTuneSpec)
 
 
+class ScopeSpec(_Strict):
+    """The scope model the pipeline fits after meta-training (:mod:`mend.pipeline.scoping`).
+
+    Enabled, the registered editor edits ``scoped``: each correction keeps its own edit,
+    switched on only for the requests in its scope (:mod:`mend.scope`). The scope is
+    fitted on the train split's records that have rephrases (in scope) and locality
+    prompts (out of scope); the val split chooses the block among ``layers`` and
+    calibrates the threshold at ``max_fpr``.
+    """
+
+    enabled: bool = Field(True, description="fit a scope and register the editor scoped; false: summed")
+    layers: list[int] = Field(default_factory=lambda: [8], min_length=1,
+                              description="candidate blocks whose output states the scope reads")
+    steps: int = Field(1000, ge=1, description="optimisation steps of the scope's embedding")
+    dim: int = Field(128, ge=1, description="width of the scope's embedding")
+    max_fpr: float = Field(0.01, gt=0, lt=1, description="false-positive budget on the val split's locality prompts")
+    relation: bool = Field(True, description="requests passing the subject test must also ask the correction's question")
+    seed: int = 0
+
+
 class GateMetric(_Strict):
     """``candidate - champion >= min_delta`` and ``candidate >= min_value``."""
 
@@ -257,6 +277,7 @@ class PipelineConfig(_Strict):
     dtype: str = "float32"
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    scope: ScopeSpec = Field(default_factory=ScopeSpec)
     evaluation: EvalSpec = Field(default_factory=EvalSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)

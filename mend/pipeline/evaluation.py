@@ -28,13 +28,24 @@ CURVE_KEYS = ("edit_success", "generalization", "locality")
 
 
 def make_methods(editor: Editor, train: Sequence[EditRecord], spec: EvalSpec) -> dict[str, Any]:
+    """The methods ``spec`` names; for a scoped editor also ``mend_sum``, the same editor's
+    edits summed into the weights (what a server without routing gets from a merged
+    version), evaluated wherever ``mend`` is."""
     pool = [p for r in train for p in r.locality]
     ft = spec.ft
-    return {
+    methods = {
         "mend": MendMethod(editor),
         "ft": FineTuneMethod(lr=ft.lr, max_steps=ft.max_steps, name="ft"),
         "ft_l": FineTuneMethod(lr=ft.lr, max_steps=ft.max_steps, c_loc=ft.c_loc, locality_pool=pool, name="ft_l"),
     }
+    if editor.scope is not None:
+        methods["mend_sum"] = MendMethod(editor, aggregation="sum", name="mend_sum")
+    return methods
+
+
+def _with_summed(names: Sequence[str], methods: dict[str, Any]) -> list[str]:
+    """``names``, with ``mend_sum`` after ``mend`` when there is one."""
+    return [x for name in names for x in ((name, "mend_sum") if name == "mend" and "mend_sum" in methods else (name,))]
 
 
 def _chunked(method, model, records, *, mode, k, generate, on_chunk: Callable[[int], None]) -> list[dict]:
@@ -67,13 +78,15 @@ def evaluate_candidate(
     """
     progress = progress or (lambda _what, _fraction: None)
     methods = make_methods(editor, train, spec)
+    single_methods = _with_summed(spec.methods, methods)
+    batch_methods = _with_summed(spec.batch_methods, methods)
     single_records = list(test[: spec.n_records] if spec.n_records else test)
     baseline_records = single_records[: spec.baseline_records] if spec.baseline_records else single_records
-    records_of = {name: single_records if name == "mend" else baseline_records for name in spec.methods}
+    records_of = {name: single_records if name.startswith("mend") else baseline_records for name in single_methods}
     curve_records = list(test[: spec.batch_records] if spec.batch_records else test)
     # k=1 simultaneous edits are single edits: reused when the single-edit run covered the curve's records.
-    reused = {m for m in spec.methods if len(records_of[m]) >= len(curve_records)}
-    curve_jobs = [(m, k) for k in spec.batch_sizes for m in spec.batch_methods if not (k == 1 and m in reused)]
+    reused = {m for m in single_methods if len(records_of[m]) >= len(curve_records)}
+    curve_jobs = [(m, k) for k in spec.batch_sizes for m in batch_methods if not (k == 1 and m in reused)]
     total = sum(map(len, records_of.values())) + len(curve_jobs) * len(curve_records)
     done = 0
     bar = tqdm(total=total, desc="evaluating", unit="edit", disable=not show_bar, dynamic_ncols=True,
@@ -87,7 +100,7 @@ def evaluate_candidate(
     tables: dict[str, dict] = {}
     rows_by_method: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
-    for name in spec.methods:
+    for name in single_methods:
         tick(f"{name} single edits", 0)
         t0 = time.perf_counter()
         rows = _chunked(methods[name], model, records_of[name], mode="single", k=1, generate=spec.generate,
@@ -102,7 +115,7 @@ def evaluate_candidate(
 
     curve: list[dict] = []
     for k in spec.batch_sizes:
-        for name in spec.batch_methods:
+        for name in batch_methods:
             if k == 1 and name in reused:
                 # Same records prefix, same metrics.
                 rows = rows_by_method[name][: len(curve_records)]

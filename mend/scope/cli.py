@@ -12,7 +12,6 @@ copy of an editor that edits ``scoped`` with that scope model.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -47,12 +46,11 @@ def fit_command(
     choice = fit_choosing_layer(EditableModel.load(model), train, held_out,
                                 [int(x) for x in layers.split(",")], dim=dim, max_false_positive_rate=max_fpr,
                                 steps=steps, relation_test=relation)
-    quality = {str(layer): {"recall": q.recall, "top1": q.top1, "false_positives": q.false_positives,
-                            "threshold": q.threshold} for layer, q in choice.per_layer.items()}
-    relation = {"relation": asdict(choice.relation)} if choice.relation is not None else {}
-    choice.scope.save(out, extra={"data": [str(p) for p in data], "layer_choice": quality, **relation})
+    summary = choice.summary()
+    extra = {"data": [str(p) for p in data], "layer_choice": summary["layer_choice"]}
+    choice.scope.save(out, extra=extra | ({"relation": summary["relation"]} if choice.relation else {}))
     console.print(f"block {choice.layer}, threshold {choice.scope.config.threshold:.3f}: "
-                  f"{json.dumps(quality[str(choice.layer)])}")
+                  f"{json.dumps(summary['layer_choice'][str(choice.layer)])}")
     rising = ", ".join(f"{t:.3f} at {n:,}" for n, t in choice.scope.config.count_thresholds)
     if rising:
         console.print(f"threshold by stored corrections: {rising}")

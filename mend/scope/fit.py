@@ -21,11 +21,12 @@ whose false-positive rate on the held-out negatives stays within a budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from mend.models.blocks import decoder_blocks
 from mend.models.editable import EditableModel
 from mend.scope.model import ScopeConfig, ScopeModel, whitening
 from mend.scope.relation import RelationData, RelationReport, fit_relation
@@ -330,6 +331,17 @@ class LayerChoice:
     per_layer: dict[int, ScopeQuality]  # measured on the held-out part of the training data (no relation key)
     relation: RelationReport | None = None  # how the relation key was fitted, if it was
 
+    def summary(self) -> dict:
+        """JSON-ready: the kept block, its thresholds, and what each candidate measured."""
+        config = self.scope.config
+        return {
+            "layer": self.layer, "threshold": config.threshold, "relation_threshold": config.relation_threshold,
+            "count_thresholds": [list(pair) for pair in config.count_thresholds],
+            "layer_choice": {str(layer): {"recall": q.recall, "top1": q.top1, "false_positives": q.false_positives,
+                                          "threshold": q.threshold} for layer, q in self.per_layer.items()},
+            "relation": asdict(self.relation) if self.relation is not None else None,
+        }
+
 
 def training_sets(
     model: EditableModel, train: dict[str, Sequence], held_out: dict[str, Sequence], layers: Sequence[int]
@@ -363,6 +375,10 @@ def fit_choosing_layer(
     (:func:`thresholds_by_count`), and keep the block whose calibrated recall there is
     highest; with the subject test and ``relation_test``, give the kept one a relation
     key fitted on the same records (:mod:`mend.scope.relation`)."""
+    n_blocks = len(decoder_blocks(model.model))
+    outside = [layer for layer in layers if not 0 <= layer < n_blocks]
+    if outside:
+        raise ValueError(f"scope layers {outside} are not blocks of this model: it has {n_blocks} (0 to {n_blocks - 1})")
     fit_sets, check_sets = training_sets(model, train, held_out, layers)
     fitted, quality = {}, {}
     for layer in layers:

@@ -53,6 +53,7 @@ def tiny_config(tmp: Path, model_dir: Path, data: list[str], *, store: str | Non
             "lr": 1e-3, "lr_edit_lrs": 1e-3, "c_edit": 1.0, "n_loc": 2,
             "max_steps": 20, "val_every": 10, "val_size": 6, "patience": 1000, "checkpoint_every": 10,
         },
+        "scope": {"layers": [0], "steps": 20, "dim": 16},  # below the edited blocks 1-3
         "evaluation": {"n_records": 4, "baseline_records": 2, "batch_sizes": [1, 2], "batch_records": 4,
                        "ft": {"max_steps": 3}},
         "promotion": {"metrics": {"edit_success": {"min_delta": 0.0, "min_value": 0.0},

@@ -55,7 +55,9 @@ def test_prepare_data_reports_rejected_records_and_caches_on_the_input_hash(tmp_
     written = manifest_file.stat().st_mtime_ns
     assert task_state(state.state_details.flow_run_id, "build-dataset") == "Completed"
 
-    (table,) = artifacts_with_key(f"rejected-records-{manifest['input_hash'][:12]}")
+    # This run's table: other tests in the session may prepare the same data.
+    (table,) = [a for a in artifacts_with_key(f"rejected-records-{manifest['input_hash'][:12]}")
+                if a.flow_run_id == state.state_details.flow_run_id]
     assert table.type == "table" and '"field": "alt"' in str(table.data) and '"index": 3' in str(table.data)
 
     again = prepare_data(cfg, return_state=True)
@@ -133,9 +135,14 @@ def test_retrain_pipeline_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, t
     assert version.tags["base_model.fingerprint"] == base.targets_fingerprint()
     assert version.tags["dataset.hash"] == summary["dataset"]["dataset_hash"]
     assert version.tags["code.version"] and version.tags["promotion.decision"] == "champion"
+    # The champion edits scoped, with the scope the pipeline fitted; the summed editor stays in the store.
+    assert version.tags["editor.aggregation"] == "scoped" and summary["scope"]["layer"] == 0
+    assert f"* Scope: block {summary['scope']['layer']}, threshold" in Path(summary["report"]).read_text()
+    assert summary["training"]["editor_uri"].endswith(summary["scope"]["editor_prefix"])
     run = client.get_run(version.run_id)
     for key in ("mend.edit_success", "mend.locality", "ft.edit_success", "ft_l.generalization",
-                "curve.mend.k2.edit_success", "curve.ft.k2.locality", "train.steps"):
+                "curve.mend.k2.edit_success", "curve.ft.k2.locality", "train.steps",
+                "mend_sum.locality", "curve.mend_sum.k2.edit_success"):
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(version.run_id, "val/loss")) == 2
     plots = {a.path for a in client.list_artifacts(version.run_id, "plots")}

@@ -35,6 +35,8 @@ def test_default_config_is_valid_and_sized_for_the_main_job():
     assert cfg.train.train_fields()["max_minutes"] <= 17
     assert cfg.evaluation.n_records >= 100 and cfg.evaluation.baseline_records < cfg.evaluation.n_records
     assert set(cfg.promotion.metrics) == {"edit_success", "generalization", "locality"}
+    # The champion edits scoped, its scope reading the block bench/router chose (below the edited ones).
+    assert cfg.scope.enabled and cfg.scope.layers == [8]
     train_config = cfg.train.train_config(model=cfg.model, output_dir="o", train_path="t", val_path="v")
     assert train_config.editor.down_init == "xavier"
     # The editor recipe of the library's zsRE config (configs/zsre-smollm2.yaml).

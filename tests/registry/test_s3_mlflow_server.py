@@ -69,10 +69,11 @@ def test_pipeline_on_s3_with_an_mlflow_server_and_the_editor_downloaded_back(
                                 "target": ["Rome", "100 degrees"]})
         answers = served.predict(request, params={"max_new_tokens": 5})["answer"].tolist()
 
-    # The same editor, read from the artifact store on S3, edits identically.
+    # The same editor, read from the artifact store on S3 (scoped, as the pipeline registers it), edits identically.
     store = S3Store(s3_bucket, "pipeline")
     editor_dir = tmp_path / "from-store"
-    store.download_dir(f"editors/{summary['training']['run_id']}/best", editor_dir)
+    assert summary["scope"]["editor_prefix"].startswith(f"editors/{summary['training']['run_id']}/scoped-")
+    store.download_dir(summary["scope"]["editor_prefix"], editor_dir)
     downloaded = next(Path(local).rglob("editor.safetensors"))
     assert downloaded.read_bytes() == (editor_dir / "editor.safetensors").read_bytes()
     base = EditableModel.load(tiny_model_dir)
