@@ -2,6 +2,7 @@
 
     python -m bench.apply_queue --editor runs/bench-zsre/train/best [--sizes 100,1000] [--batch-size 100]
     python -m bench.apply_queue --editor runs/bench-zsre/train/best --aggregation scoped --scope runs/scope-smollm2
+    python -m bench.apply_queue --editor runs/pipeline/scope/RUN_ID/scoped --name apply_queue_pipeline_champion
 
 For N corrections (zsRE records: the 537 held-out ones first, then training records),
 the whole apply run (validation, edits, per-correction evaluation, regression probes,
@@ -20,7 +21,9 @@ the acceptance policy, from the metrics the flow records per correction.
 ``published_share_consistent_N`` the same share of those that could be (one of two
 corrections of one prompt or, scoped, one question with another target in a batch is
 refused as a contradiction: zsRE's evaluation split asks many questions twice). Writes
-``bench/results/apply_queue.json``.
+``bench/results/apply_queue.json`` (``apply_queue_<aggregation>.json`` for another
+aggregation than the editor's own, ``--name``'s file when given). The third line measures
+the champion ``make run`` registers: its scoped editor lies in ``runs/pipeline/scope/``.
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--aggregation", choices=["sum", "least_squares", "scoped"], help="default: the editor's own")
     parser.add_argument("--scope", help="scope model for --aggregation scoped (default: the editor's own)")
+    parser.add_argument("--name", help="results file name (default: apply_queue for the editor's own aggregation, "
+                                       "else apply_queue_<aggregation>)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -154,7 +159,7 @@ def main() -> None:
         results[f"published_share_consistent_{n}"] = round(out["applied"] / (n - out["contradictions"]), 4)
         results[f"details_{n}"] = out
     own = args.aggregation in (None, editor.config.aggregation)
-    write_result("apply_queue" if own else f"apply_queue_{args.aggregation}", results)
+    write_result(args.name or ("apply_queue" if own else f"apply_queue_{args.aggregation}"), results)
 
 
 if __name__ == "__main__":

@@ -499,6 +499,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "ls_step_scaling": ls_step_scaling,
     "apply_queue": apply_queue_table("apply_queue"),
     "apply_queue_scoped": apply_queue_table("apply_queue_scoped"),
+    "apply_queue_pipeline_champion": apply_queue_table("apply_queue_pipeline_champion"),
     "edit_latency": edit_latency,
     "train_step": train_step,
     "zero_scaling": zero_scaling,

@@ -64,7 +64,8 @@ def evaluate_candidate(
     model: EditableModel, editor: Editor, test: Sequence[EditRecord], train: Sequence[EditRecord],
     spec: EvalSpec, progress: Progress | None = None, show_bar: bool = True,
 ) -> dict[str, Any]:
-    """Single-edit tables for ``spec.methods`` and the multi-edit curve.
+    """Single-edit tables for ``spec.methods`` and the multi-edit curve (for a scoped
+    editor with ``mend_sum`` beside ``mend`` in both: :func:`make_methods`).
 
     MEND is evaluated on the first ``spec.n_records`` test records, the fine-tuning
     baselines on the first ``spec.baseline_records`` of those; each table's ``n`` says
