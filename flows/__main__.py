@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(s: dict[str, Any], wall_s: float) -> None:
+    from flows.retrain_pipeline import scope_line
+
     py = Path(sys.executable)
     tracking = s["tracking_uri"]
     prefect_home = os.environ.get("PREFECT_HOME")
@@ -50,10 +52,11 @@ def print_summary(s: dict[str, Any], wall_s: float) -> None:
         figures = "  ".join(f"{k}={v:.3f}" for k, v in champion.items())
         print(f"champion: models:/{s['model_name']}@champion (v{s['champion_version']}): {figures}")
     for row in s["evaluation"]["tables"]:
-        print(f"  {row['method']:>5}: edit_success={row.get('edit_success', float('nan')):.3f} "
+        print(f"  {row['method']:>8}: edit_success={row.get('edit_success', float('nan')):.3f} "
               f"generalization={row.get('generalization', float('nan')):.3f} "
               f"locality={row.get('locality', float('nan')):.3f} "
               f"({row.get('seconds_per_edit', float('nan')):.2f} s/edit)")
+    print(f"scope: {scope_line(s.get('scope'))}")
     print("where to look:")
     print(f"  report:      {s['report']}")
     if tracking.startswith(("http://", "https://")):
@@ -66,6 +69,8 @@ def print_summary(s: dict[str, Any], wall_s: float) -> None:
         home = f"PREFECT_HOME={prefect_home} " if prefect_home else ""
         print(f"  Prefect UI:  {home}{py.parent / 'prefect'} server start   -> http://127.0.0.1:4200")
     print(f"  load it:     mlflow.pyfunc.load_model('models:/{s['model_name']}@{s['alias']}')")
+    print(f"  corrections: mend corrections submit FILE, then python -m flows.apply_corrections "
+          f"--model-name {s['model_name']}")
     print("=" * 78)
 
 

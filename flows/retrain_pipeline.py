@@ -87,7 +87,7 @@ def render_report(s: dict[str, Any]) -> str:
         f"`{s['dataset']['dataset_hash'][:16]}`, store `{s['dataset']['store_uri']}`",
         f"* Training: {t['steps']} steps in {t['train_minutes']:.1f} min ({t['stopped']}), "
         f"best at step {t['best_step']}; editor `{t['editor_uri']}`",
-        f"* Scope: {_scope_line(s['scope'])}",
+        f"* Scope: {scope_line(s['scope'])}",
         "",
         f"## Single edits ({s['evaluation']['n_single']} held-out records)",
         md_table(s["evaluation"]["tables"], ["method", "edit_success", "generalization", "locality",
@@ -103,7 +103,8 @@ def render_report(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _scope_line(scope: dict[str, Any] | None) -> str:
+def scope_line(scope: dict[str, Any] | None) -> str:
+    """One line on the editor's scope (``fit-scope``'s record), for reports."""
     if scope is None:
         return "none (scope.enabled: false): the editor sums its corrections into the weights"
     chosen = scope["layer_choice"][str(scope["layer"])]

@@ -188,7 +188,7 @@ def retrain(
     store: str = typer.Option(None, help="artifact store: a directory or s3://bucket/prefix"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI"),
 ) -> None:
-    """Run the retraining pipeline: prepare data, meta-train, evaluate, register, promote.
+    """Run the retraining pipeline: prepare data, meta-train, fit the scope, evaluate, register, promote.
 
     The same as ``python -m flows``, run as a child process: the library does not import
     the flows (they depend on it, not the other way round).

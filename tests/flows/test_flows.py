@@ -119,7 +119,8 @@ def test_training_through_a_launcher_command(tmp_path, tiny_model_dir, tiny_data
 
 
 @pytest.mark.slow
-def test_retrain_pipeline_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, tiny_data):
+def test_retrain_pipeline_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, tiny_data, capsys):
+    from flows.__main__ import print_summary
     from flows.retrain_pipeline import retrain_pipeline
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
@@ -139,6 +140,12 @@ def test_retrain_pipeline_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, t
     assert version.tags["editor.aggregation"] == "scoped" and summary["scope"]["layer"] == 0
     assert f"* Scope: block {summary['scope']['layer']}, threshold" in Path(summary["report"]).read_text()
     assert summary["training"]["editor_uri"].endswith(summary["scope"]["editor_prefix"])
+    capsys.readouterr()
+    print_summary(summary, 60.0)  # what `python -m flows` ends with
+    printed = capsys.readouterr().out
+    assert "retrain-pipeline finished in 1.0 min: tiny-editor v1 -> champion" in printed
+    assert "mend_sum: edit_success=" in printed and "scope: block 0, threshold" in printed
+    assert "python -m flows.apply_corrections --model-name tiny-editor" in printed
     run = client.get_run(version.run_id)
     for key in ("mend.edit_success", "mend.locality", "ft.edit_success", "ft_l.generalization",
                 "curve.mend.k2.edit_success", "curve.ft.k2.locality", "train.steps",
