@@ -32,14 +32,18 @@ from mend.pipeline import scoping
 
 
 @task(name="find-finished-scope", **TRANSIENT)
-def finished_scope(config: dict[str, Any], store_uri: str, run_id: str) -> dict[str, Any] | None:
-    return scoping.finished_scope(store_for(store_uri), run_id, load_config(config).scope)
+def find_scoped(config: dict[str, Any], store_uri: str, run_id: str, editor_prefix: str) -> dict[str, Any]:
+    """Where this editor fitted with these settings goes, and its record if it is there."""
+    store = store_for(store_uri)
+    prefix = scoping.scoped_prefix(store, run_id, editor_prefix, load_config(config).scope)
+    return {"prefix": prefix, "record": scoping.finished_scope(store, prefix)}
 
 
 @task(name="fit-scope-model", **PERSIST)
 def fit_scope_model(config: dict[str, Any], manifest: dict[str, Any], editor_dir: str, out_dir: str,
-                    run_id: str) -> dict[str, Any]:
-    """Fit, attach, save the scoped editor to ``out_dir`` and publish it to the store."""
+                    prefix: str) -> dict[str, Any]:
+    """Fit, attach, save the scoped editor to ``out_dir`` and publish it under ``prefix``
+    (which names the editor's weights, so a persisted result never stands for another)."""
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
 
@@ -54,7 +58,7 @@ def fit_scope_model(config: dict[str, Any], manifest: dict[str, Any], editor_dir
                   len(train), cfg.scope.layers, len(val))
     report = scoping.fit_scoped_editor(model, editor, train, val, cfg.scope)
     editor.save(out_dir, extra=editor.metadata)
-    return scoping.publish_scoped(store, run_id, cfg.scope, Path(out_dir), report)
+    return scoping.publish_scoped(store, prefix, Path(out_dir), report)
 
 
 @flow(name="fit-scope")
@@ -66,13 +70,14 @@ def fit_scope(manifest: dict[str, Any], training: dict[str, Any], config: Config
     if not cfg.scope.enabled:
         return training
     run_id = training["run_id"]
-    record = finished_scope(cfg.to_dict(), training["store_uri"], run_id)
+    found = find_scoped(cfg.to_dict(), training["store_uri"], run_id, training["editor_prefix"])
+    record = found["record"]
     if record is not None:
         logger().info("%s already has a scope fitted with these settings: %s", run_id, record["editor_uri"])
     else:
         out_dir = Path(cfg.work_dir) / "scope" / run_id
         editor_dir = fetch_editor(training["store_uri"], training["editor_prefix"], str(out_dir / "summed"))
-        record = fit_scope_model(cfg.to_dict(), manifest, editor_dir, str(out_dir / "scoped"), run_id)
+        record = fit_scope_model(cfg.to_dict(), manifest, editor_dir, str(out_dir / "scoped"), found["prefix"])
     chosen = record["layer_choice"][str(record["layer"])]
     logger().info("scope at block %d: threshold %.3f, val recall %.3f, false positives %s", record["layer"],
                   record["threshold"], chosen["recall"], chosen["false_positives"])

@@ -6,8 +6,10 @@ publishes what lands instead of a sum that interferes.
     editors/<run_id>/scoped-<hash>/        the scoped editor: the editor's files and scope/
     editors/<run_id>/scoped-<hash>.json    what the fit measured (written last: marks it done)
 
-``<hash>`` covers the scope settings, so a re-run with the same editor and settings finds
-the finished fit instead of fitting again, and other settings never reuse it.
+``<hash>`` covers the scope settings and the trained editor's weights (their checksum as
+the store recorded it), so a re-run with the same editor and settings finds the finished
+fit instead of fitting again, while other settings, or a run whose longer training kept
+another best editor, never reuse it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from mend.scope.fit import fit_choosing_layer
 from mend.storage import ArtifactNotFoundError, ArtifactStore
 
 
-def scoped_prefix(run_id: str, spec: ScopeSpec) -> str:
-    """Where the scoped editor of ``run_id`` fitted with ``spec`` lives in the store."""
-    return f"editors/{run_id}/scoped-{short_hash(spec.model_dump(mode='json'))}"
+def scoped_prefix(store: ArtifactStore, run_id: str, editor_prefix: str, spec: ScopeSpec) -> str:
+    """Where the editor stored under ``editor_prefix``, fitted a scope with ``spec``, lives."""
+    weights = store.info(f"{editor_prefix}/editor.safetensors").sha256
+    if weights is None:  # not written by this library: no identity to reuse a fit by
+        raise ValueError(f"{editor_prefix}/editor.safetensors has no recorded checksum")
+    return f"editors/{run_id}/scoped-{short_hash({'scope': spec.model_dump(mode='json'), 'editor': weights})}"
 
 
 def fit_scoped_editor(model: EditableModel, editor: Editor, train: Sequence[EditRecord],
@@ -60,19 +65,18 @@ def fit_scoped_editor(model: EditableModel, editor: Editor, train: Sequence[Edit
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def finished_scope(store: ArtifactStore, run_id: str, spec: ScopeSpec) -> dict[str, Any] | None:
-    """The record of a finished fit of ``run_id`` with ``spec`` (its editor is stored), if any."""
+def finished_scope(store: ArtifactStore, prefix: str) -> dict[str, Any] | None:
+    """The record of the finished fit stored under ``prefix`` (:func:`scoped_prefix`), if any."""
     try:
-        return store.get_json(scoped_prefix(run_id, spec) + ".json")
+        return store.get_json(prefix + ".json")
     except ArtifactNotFoundError:
         return None
 
 
-def publish_scoped(store: ArtifactStore, run_id: str, spec: ScopeSpec, editor_dir: Path,
-                   report: dict[str, Any]) -> dict[str, Any]:
-    """Upload the scoped editor, then its record (last: it marks the fit finished)."""
-    prefix = scoped_prefix(run_id, spec)
-    store.upload_dir(editor_dir, prefix)
+def publish_scoped(store: ArtifactStore, prefix: str, scoped_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Upload the scoped editor to ``prefix`` (:func:`scoped_prefix`), then its record (last:
+    it marks the fit finished)."""
+    store.upload_dir(scoped_dir, prefix)
     record = {**report, "editor_prefix": prefix, "editor_uri": store.uri_for(prefix)}
     store.put_json(prefix + ".json", record)
     return record

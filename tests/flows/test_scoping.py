@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from mend import Editor, EditorConfig
 from mend.pipeline import scoping
@@ -35,12 +36,22 @@ def test_the_scope_step_gives_the_editor_a_scope_chosen_on_val_and_publishes_it_
 
     editor.save(tmp_path / "scoped")
     store = LocalStore(tmp_path / "store")
-    assert scoping.finished_scope(store, "run-1", SPEC) is None
-    record = scoping.publish_scoped(store, "run-1", SPEC, tmp_path / "scoped", report)
-    assert scoping.finished_scope(store, "run-1", SPEC) == record
-    # Other settings are another fit; another run another editor.
-    assert scoping.finished_scope(store, "run-1", SPEC.model_copy(update={"steps": 31})) is None
-    assert scoping.finished_scope(store, "run-2", SPEC) is None
+    trained = _editor(model)  # what train-editor published (summed)
+    trained.save(tmp_path / "summed")
+    store.upload_dir(tmp_path / "summed", "editors/run-1/best")
+    prefix = scoping.scoped_prefix(store, "run-1", "editors/run-1/best", SPEC)
+    assert prefix.startswith("editors/run-1/scoped-") and scoping.finished_scope(store, prefix) is None
+    record = scoping.publish_scoped(store, prefix, tmp_path / "scoped", report)
+    assert scoping.finished_scope(store, prefix) == record and record["editor_prefix"] == prefix
+    # The same editor and settings find it again; other settings, another run, or other weights
+    # under the same name (a longer run that kept another best editor) go elsewhere.
+    assert scoping.scoped_prefix(store, "run-1", "editors/run-1/best", SPEC) == prefix
+    assert scoping.scoped_prefix(store, "run-1", "editors/run-1/best", SPEC.model_copy(update={"steps": 31})) != prefix
+    assert scoping.scoped_prefix(store, "run-2", "editors/run-1/best", SPEC) != prefix
+    torch.nn.init.normal_(next(trained.parameters()))
+    trained.save(tmp_path / "summed")
+    store.upload_dir(tmp_path / "summed", "editors/run-1/best")
+    assert scoping.scoped_prefix(store, "run-1", "editors/run-1/best", SPEC) != prefix
     store.download_dir(record["editor_prefix"], tmp_path / "fetched")
     loaded = Editor.load(tmp_path / "fetched")
     assert loaded.config.aggregation == "scoped" and loaded.scope.config.layer == report["layer"]
