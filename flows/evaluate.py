@@ -32,21 +32,17 @@ from flows.common import (
 )
 from mend.pipeline import data as pdata
 from mend.pipeline import evaluation as peval
+from mend.pipeline.training import load_trained
 
 
 @task(name="run-evaluation", **PERSIST)
 def run_evaluation(config: dict[str, Any], manifest: dict[str, Any], editor_dir: str, run_id: str) -> dict[str, Any]:
-    from mend.editor.editor import Editor
-    from mend.models.editable import EditableModel
-
     cfg = load_config(config)
     log = logger()
     store = store_for(manifest["store_uri"])
     test = pdata.load_split(store, manifest, "test")
     train = pdata.load_split(store, manifest, "train")
-    editor = Editor.load(editor_dir)
-    model = EditableModel.load(cfg.model, dtype=cfg.dtype, patterns=editor.config.patterns)
-    editor.check_model(model, strict=True)
+    editor, model = load_trained(cfg, editor_dir)
     progress = Progress(f"evaluation-progress-{run_id}", f"evaluating {run_id}: MEND, FT, FT+L, multi-edit curve")
     last = {"what": None}
 

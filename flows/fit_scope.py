@@ -29,6 +29,7 @@ from flows.common import (
 )
 from mend.pipeline import data as pdata
 from mend.pipeline import scoping
+from mend.pipeline.training import load_trained
 
 
 @task(name="find-finished-scope", **TRANSIENT)
@@ -44,16 +45,11 @@ def fit_scope_model(config: dict[str, Any], manifest: dict[str, Any], editor_dir
                     prefix: str) -> dict[str, Any]:
     """Fit, attach, save the scoped editor to ``out_dir`` and publish it under ``prefix``
     (which names the editor's weights, so a persisted result never stands for another)."""
-    from mend.editor.editor import Editor
-    from mend.models.editable import EditableModel
-
     cfg = load_config(config)
     store = store_for(manifest["store_uri"])
     train = pdata.load_split(store, manifest, "train")
     val = pdata.load_split(store, manifest, "val")
-    editor = Editor.load(editor_dir)
-    model = EditableModel.load(cfg.model, dtype=cfg.dtype, patterns=editor.config.patterns)
-    editor.check_model(model, strict=True)
+    editor, model = load_trained(cfg, editor_dir)
     logger().info("fitting a scope on %d train records, choosing among blocks %s on %d val records",
                   len(train), cfg.scope.layers, len(val))
     report = scoping.fit_scoped_editor(model, editor, train, val, cfg.scope)

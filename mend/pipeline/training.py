@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mend.data import EditRecord
+from mend.editor.editor import Editor
+from mend.models.editable import EditableModel
 from mend.pipeline.config import PipelineConfig
 from mend.pipeline.data import from_jsonl, to_jsonl
 from mend.training.checkpoint import load_trainer_state
@@ -156,3 +158,12 @@ def outcome_from_dir(out: Path, config: TrainConfig, data: TrainingData, resumed
         train_minutes=round(state.elapsed_s / 60, 3), config_hash=config_hash(config),
         dataset_hash=data.train_hash, resumed_from_step=resumed_from_step, history=state.history,
     )
+
+
+def load_trained(cfg: PipelineConfig, editor_dir: str | Path) -> tuple[Editor, EditableModel]:
+    """The editor in ``editor_dir`` and the pipeline's base model, loaded with the editor's
+    target patterns and checked to be the model it was trained on."""
+    editor = Editor.load(editor_dir)
+    model = EditableModel.load(cfg.model, dtype=cfg.dtype, patterns=editor.config.patterns)
+    editor.check_model(model, strict=True)
+    return editor, model
