@@ -22,10 +22,10 @@ from typing import Any
 from mend.data import EditRecord
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
-from mend.models.targets import layer_template
 from mend.pipeline.config import ScopeSpec
 from mend.pipeline.training_runs import short_hash
 from mend.scope.fit import fit_choosing_layer
+from mend.scope.routing import lowest_edited_block
 from mend.storage import ArtifactNotFoundError, ArtifactStore
 
 
@@ -50,7 +50,7 @@ def fit_scoped_editor(model: EditableModel, editor: Editor, train: Sequence[Edit
     if not fit_on or not check_on:
         raise ValueError(f"fitting a scope needs records with rephrases in the train and val splits "
                          f"(train has {len(fit_on)}, val {len(check_on)}); set scope.enabled: false to skip it")
-    lowest = min(layer_template(t.module_name)[1] for t in model.targets)
+    lowest = lowest_edited_block(t.module_name for t in model.targets)
     too_high = [layer for layer in spec.layers if layer >= lowest]
     if too_high:
         # Routing decides from the scope's block before any edited block runs.

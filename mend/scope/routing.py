@@ -22,7 +22,7 @@ would replace the product without changing anything else.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,12 @@ from mend.scope.model import ScopeModel
 from mend.scope.scores import last_positions
 from mend.scope.states import StopForward
 from mend.scope.subjects import cat_padded, gated
+
+
+def lowest_edited_block(module_names: Iterable[str]) -> int:
+    """The lowest decoder block among ``module_names``: a scope must read a block below it,
+    so that the router decides from states no edit has touched yet."""
+    return min(layer_template(name)[1] for name in module_names)
 
 
 @dataclass
@@ -138,7 +144,7 @@ class RoutedChanges:
         if self.scope is not None and scope.fingerprint() != self.scope.fingerprint():
             raise ValueError("scoped edits made with different scope models cannot be applied together")
         blocks = decoder_blocks(self.model)
-        edited = min(layer_template(name)[1] for name in change.modules)
+        edited = lowest_edited_block(change.modules)
         if edited <= scope.config.layer:
             raise ValueError(
                 f"the scope model reads block {scope.config.layer}, but the edit changes block {edited}: "
