@@ -20,7 +20,7 @@ counts (a run killed at k=1,000 loses nothing before it). ``--memit``/``--alphae
 the subject-keyed weight-space baselines on the same records (:mod:`bench.subject_baselines`);
 ``--resume`` keeps their rows measured with the same settings.
 
-Scoped edits are written as the queue writes them (:func:`mend.scope.strength.written`):
+Scoped edits are written as the queue writes them (:func:`mend.scope.landing.written`):
 each correction at the strongest of the default strengths that still lands, the ones
 landing at none refined. Rows measured with other ``--strengths`` go under
 ``scoped_strengths_<s1>_<s2>...`` and are not refined (``--strengths 1``: every edit as
@@ -55,8 +55,7 @@ from mend.evaluation import MendMethod, evaluate  # noqa: E402
 from mend.evaluation.runner import aggregate  # noqa: E402
 from mend.evaluation.unrelated import asking_stored_facts, naming_subjects  # noqa: E402
 from mend.scope import ScopeModel  # noqa: E402
-from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS  # noqa: E402
-from mend.scope.strength import DEFAULT_STRENGTHS  # noqa: E402
+from mend.scope.landing import DEFAULT_REFINE_STEPS, DEFAULT_STRENGTHS  # noqa: E402
 
 # Records evaluated per k: enough groups to average over, within a CPU budget.
 RECORDS_FOR_K = {1: 200, 10: 200, 100: 300, 1000: 1000}
@@ -116,7 +115,7 @@ def main() -> None:
                         help="scoped: 10,000 simultaneous CounterFact corrections (counterfact-train), a sample scored")
     parser.add_argument("--sample", type=int, default=500, help="records scored of the 10,000")
     parser.add_argument("--strengths", default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
-                        help="scoped edits: the strengths each correction may take (mend.scope.strength)")
+                        help="scoped edits: the strengths each correction may take (mend.scope.landing)")
     add_arguments(parser)
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()

@@ -32,7 +32,7 @@ from mend.data.counterfact import load_counterfact_flat
 from mend.deltas import LowRankDelta
 from mend.editor.editor import base_model_info
 from mend.scope import RoutedChanges, ScopeModel
-from mend.scope.keys import correction_scope_keys, correction_subjects
+from mend.scope.states import correction_scope_keys, correction_subjects
 
 
 def _forward_times(model: EditableModel, batches) -> list[float]:

@@ -197,6 +197,12 @@ class Edit:
         layouts = {k: v for e in edits for k, v in e.layouts.items()}
         return Edit(change, layouts, [r for e in edits for r in e.requests], base, edits[0].model)
 
+    def with_others(self, others: Edit | None) -> Edit:
+        """This edit combined with ``others`` (e.g. the corrections it will be published
+        with) as one edit, numbered as ``Edit.concat([others, self])``; this edit itself
+        when there are none."""
+        return self if others is None else Edit.concat([others, self])
+
     def with_pass(self, further: Edit) -> Edit:
         """This edit and ``further``, a later pass over the same requests (made on the
         model with this edit applied): both passes' rows, each still its request's, so

@@ -5,8 +5,9 @@ answer from the registered corrected model.
     python -m tools.path_of_a_correction --write-docs    # and refresh docs/concepts/path-of-a-correction.md
 
 Measured, not listed by hand: one correction goes the whole way in this process on a
-tiny random LLaMA (:mod:`mend.testing.workload`), while :func:`sys.setprofile` watches
-every call into a module under ``mend/`` or ``flows/``:
+tiny random LLaMA (:mod:`mend.testing.workload`) with a scoped editor, as the pipeline
+registers its champions (``--aggregation sum`` or ``least_squares`` for the others),
+while :func:`sys.setprofile` watches every call into a module under ``mend/`` or ``flows/``:
 
 1. ``submit``: ``mend corrections submit FILE`` (the ``mend`` console script's app).
 2. ``apply``: the two tasks of ``flows/apply_corrections.py`` (their functions, without a
@@ -203,9 +204,16 @@ def deploy(work: Path, aggregation: str) -> dict:
 
     model_dir = write_llama(work / "model")
     model = EditableModel.load(model_dir)
-    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2, aggregation=aggregation))
+    scoped = aggregation == "scoped"
+    editor = Editor.for_model(model, EditorConfig(rank=16, edit_lr_init=5e-2,
+                                                  aggregation="sum" if scoped else aggregation))
     records = synthetic_records(8, seed=99)
     editor.fit_normalization(model, [r.prompt for r in records], [r.target for r in records])
+    if scoped:
+        from mend.scope import ScopeConfig, ScopeModel
+
+        # Block 0, below the edited blocks 1-3; an untrained scope, its own prompt switches it on.
+        editor.attach_scope(ScopeModel(ScopeConfig(layer=0, dim=16, threshold=0.5), model.model.config.hidden_size))
     editor.save(work / "editor")
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -221,7 +229,7 @@ def deploy(work: Path, aggregation: str) -> dict:
             "mlflow": {"tracking_uri": uri, "experiment": "path"}}
 
 
-def trace_path(aggregation: str = "sum", work: Path | None = None) -> Trace:
+def trace_path(aggregation: str = "scoped", work: Path | None = None) -> Trace:
     """Send one correction from submit to a served answer and return what it touched."""
     if work is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -288,7 +296,8 @@ def write_docs(trace: Trace, path: Path = DOCS) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--aggregation", default="sum", choices=["sum", "least_squares"])
+    parser.add_argument("--aggregation", default="scoped", choices=["scoped", "sum", "least_squares"],
+                        help="the champion editor's aggregation (the pipeline registers scoped ones)")
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite the section in {DOCS.relative_to(ROOT)}")
     args = parser.parse_args()
     trace = trace_path(args.aggregation)
@@ -300,6 +309,8 @@ def main() -> None:
     if not trace.reentries:
         print("no module re-entered")
     if args.write_docs:
+        if args.aggregation != "scoped":
+            parser.error("the docs list the path of the pipeline's champion: --aggregation scoped")
         write_docs(trace)
 
 

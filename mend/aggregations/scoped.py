@@ -27,9 +27,9 @@ from mend.aggregations.base import (
 )
 from mend.aggregations.summed import SummedChange
 from mend.deltas import LowRankDelta
-from mend.scope.keys import correction_scope_keys, correction_subjects
 from mend.scope.model import ScopeModel
 from mend.scope.routing import RoutedChanges
+from mend.scope.states import correction_scope_keys, correction_subjects
 from mend.scope.subjects import cat_padded
 
 SCOPE_DIR = "scope"
@@ -100,7 +100,7 @@ class ScopedChange(FactorChange):
 
     def scaled(self, factors: Tensor) -> ScopedChange:
         """Each request's change times ``factors[request]`` (its strength; see
-        :mod:`mend.scope.strength`): requests are switched on apart, so one's strength
+        :mod:`mend.scope.landing`): requests are switched on apart, so one's strength
         leaves what the others do unchanged."""
         if factors.shape != (self.n_requests,):
             raise ValueError(f"{tuple(factors.shape)} strengths for {self.n_requests} requests")
@@ -108,7 +108,7 @@ class ScopedChange(FactorChange):
 
     def with_deltas(self, deltas: dict[str, LowRankDelta]) -> ScopedChange:
         """The same requests and scope keys with other rows (e.g. refitted values,
-        :mod:`mend.scope.refine`)."""
+        :mod:`mend.scope.landing`)."""
         return ScopedChange(deltas, self.keys, self.key_request, self.n_requests, self.scope, self.subjects,
                             self.relations)
 

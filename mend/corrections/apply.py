@@ -43,10 +43,8 @@ from mend.edit import Edit
 from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.unedited_blocks import reusing_unedited_blocks
-from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
-from mend.scope.refine import refine_values
+from mend.scope.landing import DEFAULT_REFINE_STEPS, DEFAULT_STRENGTHS, refine_values, written
 from mend.scope.routing import switching_on
-from mend.scope.strength import DEFAULT_STRENGTHS, written
 from mend.scope.supersede import Questions, agreeing, same_question
 
 
@@ -77,7 +75,7 @@ class ApplyConfig(BaseModel):
         DEFAULT_STRENGTHS,
         min_length=1,
         description="scoped runs: each correction is written at the largest of these strengths at which its "
-        "target is still the exact answer to its prompt (mend.scope.strength); (1.0,) with refine_steps 0: "
+        "target is still the exact answer to its prompt (mend.scope.landing); (1.0,) with refine_steps 0: "
         "as the editor makes it",
     )
     refine_steps: int = Field(
@@ -85,7 +83,7 @@ class ApplyConfig(BaseModel):
         ge=0,
         description="scoped runs: corrections that land at no strength have their values fitted on their own "
         "prompt for at most this many gradient steps, each stopping once it lands, and so do corrections that "
-        "undo an active one, with its prompt and target kept alongside (mend.scope.refine; 0: never)",
+        "undo an active one, with its prompt and target kept alongside (mend.scope.landing; 0: never)",
     )
     keep_adapters: int | None = Field(
         None,
@@ -291,15 +289,19 @@ class ApplyRun:
         return [batch[i] for i in kept]
 
     def _edit(self, batch: list[Correction], replaced: set[str]) -> Edit:
+        def one_pass() -> Edit:
+            return self.editor.edit(self.model, [c.prompt for c in batch], [c.target for c in batch],
+                                    [c.id for c in batch], aggregation=self.config.aggregation,
+                                    subjects=[c.subject for c in batch])
+
+        edit = one_pass()
         # A further capture pass sees the model as it would be published. Captured on the
         # batch's own solve stacked on the active corrections (a model never published),
         # least-squares shifts grew batch by batch until the model broke.
-        return self.editor.edit(
-            self.model, [c.prompt for c in batch], [c.target for c in batch], [c.id for c in batch],
-            passes=self.config.passes, aggregation=self.config.aggregation,
-            subjects=[c.subject for c in batch],
-            applied_as=lambda so_far: self.hooked.showing(self.active.with_batch(so_far, replaced)),
-        )
+        for _ in range(self.config.passes - 1):
+            with self.hooked.showing(self.active.with_batch(edit, replaced)):
+                edit = edit.with_pass(one_pass())
+        return edit
 
     def _reject(self, corrections: list[Correction], reason: str | dict[str, str], metrics: dict) -> None:
         for c in corrections:
@@ -308,38 +310,41 @@ class ApplyRun:
             self.report.rejected.append((c.id, why))
 
     def _land(self, edit: Edit, replaced: set[str]) -> tuple[Edit, list[dict]]:
-        """A routed batch as scoped corrections are written (:func:`mend.scope.strength.written`),
+        """A routed batch as scoped corrections are written (:func:`mend.scope.landing.written`),
         judged with the active corrections as it would be published; and what to record
         of each correction."""
         if not edit.change.routed:
             return edit, [{} for _ in edit.requests]
-        return written(edit, self.config.strengths, self.config.refine_steps,
-                       showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)))
+        with self.hooked.showing(None):
+            return written(edit, self.config.strengths, self.config.refine_steps,
+                           others=self.active.with_batch(None, replaced))
 
-    def _undone(self, edit: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
-        """The batch's corrections that undo an active one they are switched on with, while
-        the judged set is hooked in (routed runs whose policy protects active corrections;
+    def _undone(self, edit: Edit, judged: Edit, current: Edit | None, replaced: set[str]) -> dict[str, list[str]]:
+        """The batch's corrections that undo an active one they are switched on with in
+        ``judged`` (routed runs whose policy protects active corrections;
         :mod:`mend.corrections.protect`)."""
         if current is None or not self.config.policy.protect_active or not getattr(edit.change, "routed", False):
             return {}
         if self._prompt_states is None:
             self._prompt_states = PromptStates(self.model, edit.change.scope)
         earlier = [r for r in current.requests if r.request_id not in replaced]
-        return undone_by(edit, earlier, self._prompt_states, len(earlier) + len(edit.requests),
-                         lambda: self.hooked.showing(current))
+        with self.hooked.showing(None):
+            return undone_by(edit, earlier, self._prompt_states, len(earlier) + len(edit.requests),
+                             judged=judged, before=current)
 
     def _sparing(self, edit: Edit, undoes: dict[str, list[str]], current: Edit, replaced: set[str],
                  recorded: list[dict]) -> Edit:
         """``edit`` with the values of the corrections that undo active ones refined on their
         own prompts and, kept alongside, the prompts and targets of the active corrections
-        they undo (:func:`mend.scope.refine.refine_values`); ``spare_steps`` is recorded
+        they undo (:func:`mend.scope.landing.refine_values`); ``spare_steps`` is recorded
         for each (-1: one of them still fails)."""
         where = {r.request_id: i for i, r in enumerate(edit.requests)}
         active = {r.request_id: r for r in current.requests}
         undone = list(dict.fromkeys(a for ids in undoes.values() for a in ids))
-        refined = refine_values(edit, [where[cid] for cid in undoes], self.config.refine_steps,
-                                showing=lambda e: self.hooked.showing(self.active.with_batch(e, replaced)),
-                                keep=[(active[a].prompt, active[a].target) for a in undone])
+        with self.hooked.showing(None):
+            refined = refine_values(edit, [where[cid] for cid in undoes], self.config.refine_steps,
+                                    others=self.active.with_batch(None, replaced),
+                                    keep=[(active[a].prompt, active[a].target) for a in undone])
         for i, steps in zip(refined.requests, refined.steps, strict=True):
             recorded[i]["spare_steps"] = steps
         return refined.edit
@@ -363,12 +368,12 @@ class ApplyRun:
         pre = PreState(self.model, batch, probes, self._changeable_probes(batch, edit, replaced))
         judged = self.active.with_batch(edit, replaced)
         self.hooked.swap(judged)
-        undoes = self._undone(edit, current, replaced)
+        undoes = self._undone(edit, judged, current, replaced)
         if undoes and config.refine_steps:
             edit = self._sparing(edit, undoes, current, replaced, recorded)
             judged = self.active.with_batch(edit, replaced)
             self.hooked.swap(judged)
-            undoes = self._undone(edit, current, replaced)
+            undoes = self._undone(edit, judged, current, replaced)
         metrics = correction_metrics(self.model, batch, pre)
         for c, extra in zip(batch, recorded, strict=True):
             metrics[c.id].update(extra)

@@ -14,8 +14,8 @@ so they are computed once per run (:class:`PromptStates`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+import contextlib
+from collections.abc import Sequence
 
 import torch
 
@@ -48,12 +48,14 @@ def undone_by(
     earlier: Sequence[EditRequest],
     states: PromptStates,
     stored: int,
-    without_batch: Callable[[], AbstractContextManager],
+    judged: Edit,
+    before: Edit | None,
 ) -> dict[str, list[str]]:
     """Per request id of ``batch`` (a routed edit), the ``earlier`` active corrections it
-    undoes; the model shows the batch combined with them as it would be published, and
-    ``without_batch()`` shows them alone. ``stored``: how many corrections that is (the
-    routing threshold depends on it)."""
+    undoes: their prompts are scored with ``judged`` applied (the batch combined with the
+    active corrections as it would be published) and with ``before`` (the active
+    corrections without the batch), on a model with nothing else applied. ``stored``: how
+    many corrections ``judged`` holds (the routing threshold depends on it)."""
     change = batch.change
     if not earlier or not getattr(change, "routed", False) or not len(change.keys):
         return {}
@@ -68,11 +70,13 @@ def undone_by(
         return {}
     model = batch.model
     asked = [earlier[i] for i in hit]
-    after = score_targets(model, [r.prompt for r in asked], [r.target for r in asked]).exact
-    with without_batch():
-        before = score_targets(model, [r.prompt for r in asked], [r.target for r in asked]).exact
+    prompts, targets = [r.prompt for r in asked], [r.target for r in asked]
+    with judged.applied(model):
+        now = score_targets(model, prompts, targets).exact
+    with before.applied(model) if before is not None else contextlib.nullcontext():
+        then = score_targets(model, prompts, targets).exact
     out: dict[str, list[str]] = {}
-    for i, request, was, still in zip(hit, asked, before, after, strict=True):
+    for i, request, was, still in zip(hit, asked, then, now, strict=True):
         if was and not still:
             for key in on[i].nonzero().flatten().tolist():
                 undone = out.setdefault(batch.requests[int(change.key_request[key])].request_id, [])

@@ -309,8 +309,7 @@ class ActiveSet:
         """The edit of the active corrections, minus ``replaced``, plus ``new``."""
         replaced = frozenset(replaced)
         kept = self.edit if not replaced else self._without(replaced)
-        parts = [p for p in (kept, new) if p is not None]
-        return Edit.concat(parts) if parts else None
+        return kept if new is None else new.with_others(kept)
 
     def _without(self, replaced: frozenset[str]) -> Edit | None:
         """The active corrections less ``replaced``, combined once per set replaced: a

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -251,7 +251,6 @@ class Editor(nn.Module):
         *,
         strict: bool = True,
         passes: int = 1,
-        applied_as: Callable[[Edit], AbstractContextManager] | None = None,
         aggregation: str | None = None,
         subjects: Sequence[str | None] | None = None,
     ) -> Edit:
@@ -264,10 +263,9 @@ class Editor(nn.Module):
         applied, and adds what the editor makes of that as further rows of the same
         requests (:meth:`Edit.with_pass`): each pass asks for what the earlier ones left
         undone, after the edits' interference. With least squares and many edits this
-        buys edit success at equal locality (README); each pass costs one more capture.
-        ``applied_as(edit)`` puts the edit so far into the model for the next pass
-        (default ``edit.applied(model)``); the corrections queue re-solves it with the
-        active corrections instead, so passes see the model it would publish.
+        buys edit success at equal locality; each pass costs one more capture. (The
+        corrections queue runs its passes itself, each on the model as it would publish
+        it: :meth:`Edit.with_pass` adds one.)
 
         ``aggregation`` overrides the editor's own (e.g. ``"scoped"`` for a summed editor
         with a scope model); ``subjects`` name each prompt's subject, where scoped edits
@@ -285,7 +283,7 @@ class Editor(nn.Module):
         source = EditSource(model, [r.prompt for r in requests], list(subjects or [None] * len(requests)))
         edit = self._edit_once(model, requests, info, source, aggregation)
         for _ in range(passes - 1):
-            with (applied_as or Edit.applied)(edit):
+            with edit.applied(model):
                 further = self._edit_once(model, requests, info, source, aggregation)
             edit = edit.with_pass(further)
         return edit

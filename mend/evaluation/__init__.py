@@ -1,7 +1,7 @@
 """Evaluation of edits: metrics, methods (MEND, FT, FT+L) and the runner.
 
 The exports load on first use: engine modules use :mod:`mend.evaluation.scoring`, which
-the methods here use in turn (:mod:`mend.scope.strength` among them), so importing the
+the methods here use in turn (:mod:`mend.scope.landing` among them), so importing the
 package must not import the methods.
 """
 

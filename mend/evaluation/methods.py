@@ -15,8 +15,7 @@ from mend.editor.editor import Editor
 from mend.models.editable import EditableModel
 from mend.models.tasks import per_example_nll
 from mend.models.unedited_blocks import reusing_unedited_blocks
-from mend.scope.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
-from mend.scope.strength import DEFAULT_STRENGTHS, written
+from mend.scope.landing import DEFAULT_REFINE_STEPS, DEFAULT_STRENGTHS, written
 from mend.scope.supersede import Questions, superseded_within
 from mend.training.losses import kl_on_scored
 
@@ -54,7 +53,7 @@ class MendMethod:
     editor's own) as in :meth:`Editor.edit`. Records' subjects anchor scoped edits; a
     scoped group keeps the newest correction of each question and writes each at the
     strongest of ``strengths`` that still lands, refining those landing at none for at most
-    ``refine_steps`` (as the queue does; :func:`mend.scope.strength.written`)."""
+    ``refine_steps`` (as the queue does; :func:`mend.scope.landing.written`)."""
 
     editor: Editor
     name: str = "mend"

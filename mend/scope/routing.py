@@ -215,7 +215,7 @@ class RoutedChanges:
             return  # generation goes on under the decision made on its prompt
         hidden = block_output(output).detach()
         # Built here, not inside ``decide`` (no_grad): rows whose values require grad
-        # (:mod:`mend.scope.refine`) keep their graph into the forward pass.
+        # (:mod:`mend.scope.landing`) keep their graph into the forward pass.
         self.index()
         self.last = self.decide(hidden, self._attention, current_prompt_window(self.model), self._input_ids)
         self._plan = self._gather(self.last.active, hidden.shape[0])
@@ -251,7 +251,7 @@ class RoutedChanges:
         """Per module, the switched-on rows of each sequence, zero-padded to one width.
 
         One gather per module for the whole batch: values being refined
-        (:mod:`mend.scope.refine`) carry a graph over every stored row, and each
+        (:mod:`mend.scope.landing`) carry a graph over every stored row, and each
         separate pick would give the backward pass its own index-sized gradient."""
         if not any(len(a) for a in active):
             return {}

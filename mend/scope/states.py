@@ -1,4 +1,5 @@
-"""The base model's hidden states after one decoder block: what scope keys are made of.
+"""The base model's hidden states after one decoder block, and the scope keys of
+corrections made of them: where each correction's scope is anchored.
 
 Only the blocks up to the routing layer run (the forward stops there), and those blocks
 are never edited, so the states are the base model's whatever corrections are applied.
@@ -15,6 +16,8 @@ from torch import Tensor
 
 from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
+from mend.scope.model import ScopeModel
+from mend.scope.subjects import subject_tokens
 
 
 class StopForward(Exception):
@@ -91,3 +94,32 @@ def subject_position(text: str, offsets: Sequence[tuple[int, int]], subject: str
     end += len(subject)
     inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < end]
     return inside[-1] if inside else last
+
+
+@torch.no_grad()
+def correction_keys(
+    scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
+) -> Tensor:
+    """One key per prompt ``(n, dim)``: the embedded state at its subject's last token."""
+    return correction_scope_keys(scope, model, prompts, subjects)[0]
+
+
+@torch.no_grad()
+def correction_scope_keys(
+    scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per prompt its key (:func:`correction_keys`) and its relation key: the relation
+    embedding of the state at its last token (width 0 when ``scope`` has none). One pass."""
+    subjects = list(subjects) if subjects is not None else [None] * len(prompts)
+    if len(subjects) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
+    states = block_states(model, prompts, scope.config.layer)
+    if not states:
+        return torch.zeros(0, scope.config.dim), scope.embed_relation(torch.zeros(0, scope.d_model))
+    rows = [s.states[subject_position(p, s.offsets, subj)] for p, s, subj in zip(prompts, states, subjects, strict=True)]
+    return scope.embed(torch.stack(rows)), scope.embed_relation(torch.stack([s.states[-1] for s in states]))
+
+
+def correction_subjects(model: EditableModel, subjects: Sequence[str | None]) -> Tensor:
+    """The spellings of each correction's subject as token ids (:mod:`mend.scope.subjects`)."""
+    return subject_tokens(model.tokenizer, list(subjects))

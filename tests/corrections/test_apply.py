@@ -437,7 +437,7 @@ def test_scoped_corrections_of_the_same_question_with_the_same_target_agree_and_
 def test_a_scoped_run_records_strengths_and_predicts_only_the_locality_probes_it_can_change(tmp_path, monkeypatch):
     from mend.corrections import apply as apply_module
     from mend.corrections import policy
-    from mend.scope.strength import DEFAULT_STRENGTHS
+    from mend.scope.landing import DEFAULT_STRENGTHS
 
     items = correction_dicts(4)
     # The first correction's second probe is another correction's own prompt: the batch

@@ -1,14 +1,13 @@
-"""Corrections that land at no strength get their values fitted (mend.scope.refine)."""
+"""Corrections that land at no strength get their values fitted (mend.scope.landing)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
 
+from mend.edit import Edit
 from mend.evaluation.scoring import score_targets
-from mend.scope.refine import refine_values
+from mend.scope.landing import refine_values
 from tests.support.scoped import PROMPTS, TARGETS, three_request_edit
 from tests.support.tiny_models import tiny_model
 
@@ -22,31 +21,30 @@ def _exact(model, edit, which):
         return score_targets(model, [PROMPTS[i] for i in which], [TARGETS[i] for i in which]).exact
 
 
-def test_refined_requests_land_and_keep_their_keys_while_the_others_are_untouched():
+def test_refined_requests_land_judged_with_the_others_and_keep_their_keys(monkeypatch):
     model = tiny_model("llama")
     edit = _edit(model)
     assert not any(_exact(model, edit, [1, 2]))  # a random model: the small edit lands nowhere
-    shown = []
+    others, batch = edit.select([0]), edit.select([1, 2])  # "a" as if active, "b" and "c" new
+    shown, applied = [], Edit.applied
 
-    @contextlib.contextmanager
-    def showing(trial):
-        shown.append([r.request_id for r in trial.requests])
-        with trial.applied(model):
-            yield
+    def recording(self, model=None):
+        shown.append([r.request_id for r in self.requests])
+        return applied(self, model)
 
-    refined = refine_values(edit, [1, 2], steps=60, step=0.3, showing=showing)
-    assert refined.requests == [1, 2] and refined.landed == [1, 2]
+    monkeypatch.setattr(Edit, "applied", recording)
+    refined = refine_values(batch, [0, 1], steps=60, step=0.3, others=others)
+    monkeypatch.undo()
+    assert refined.requests == [0, 1] and refined.landed == [0, 1]
     assert refined.steps[0] == refined.steps[1] > 0  # fitted together, judged once all land
     assert shown == [["a", "b", "c"]] * (refined.steps[0] + 1)  # every step judged as published
-    assert all(_exact(model, refined.edit, [1, 2]))
-    assert [r.request_id for r in refined.edit.requests] == ["a", "b", "c"]
+    assert all(_exact(model, refined.edit.with_others(others), [1, 2]))
+    assert [r.request_id for r in refined.edit.requests] == ["b", "c"]
     for name, delta in refined.edit.deltas.items():
-        before = edit.deltas[name]
+        before = batch.deltas[name]
         assert torch.equal(delta.u, before.u) and torch.equal(delta.example, before.example)
         assert not delta.v.requires_grad
-        mine = before.example == 0
-        assert torch.equal(delta.v[mine], before.v[mine])  # request a was not refined
-        assert not torch.equal(delta.v[~mine], before.v[~mine])
+        assert not torch.equal(delta.v, before.v)
     # The base model is frozen: refining's backward passes reach the values alone, not
     # (through every block) the model's own weights.
     assert all(p.grad is None and not p.requires_grad for p in model.model.parameters())

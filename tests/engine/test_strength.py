@@ -1,4 +1,4 @@
-"""Each scoped correction at the strongest strength that still lands (mend.scope.strength)."""
+"""Each scoped correction at the strongest strength that still lands (mend.scope.landing)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import contextlib
 import pytest
 import torch
 
+from mend.edit import Edit
 from mend.evaluation.scoring import TargetScores
-from mend.scope import strength as strength_module
-from mend.scope.strength import strongest_landing
+from mend.scope import landing
+from mend.scope.landing import strongest_landing
 from tests.support.scoped import PROMPTS, TARGETS, three_request_edit
 from tests.support.tiny_models import tiny_model
 
@@ -59,20 +60,21 @@ def test_each_request_takes_the_largest_strength_at_which_its_target_still_lands
     shown, scored = {}, []
 
     @contextlib.contextmanager
-    def showing(trial):
+    def applied(trial, model=None):
         delta, base = trial.deltas[module], edit.deltas[module]
         for i in range(3):
             rows = base.example == i
             shown[i] = float(delta.v[rows].norm() / base.v[rows].norm())
-        yield
+        yield trial
 
     def score(model, prompts, targets, chunk=None):
         scored.append(list(prompts))
         exact = [round(shown[PROMPTS.index(p)], 3) <= limit[p] for p in prompts]
         return TargetScores([float(e) for e in exact], exact, [0.0] * len(prompts))
 
-    monkeypatch.setattr(strength_module, "score_targets", score)
-    landed = strongest_landing(edit, (1.0, 4.0, 2.0, 3.0), showing=showing)
+    monkeypatch.setattr(landing, "score_targets", score)
+    monkeypatch.setattr(Edit, "applied", applied)
+    landed = strongest_landing(edit, (1.0, 4.0, 2.0, 3.0))
     assert landed.strengths.tolist() == [2.0, 1.0, 4.0]  # b lands at none: kept at 1
     assert landed.landed.tolist() == [True, False, True]
     assert scored[0] == PROMPTS and scored[1] == PROMPTS[:2]  # decided requests are not scored again
