@@ -5,11 +5,13 @@ publish corrected-model versions and register them in MLflow.
     prefect deployment run apply-corrections/apply-corrections          # scheduled (prefect.yaml)
 
 Steps: fetch the editor behind ``models:/<model_name>@<alias>``; load the base model it
-was trained on (refused if its weights differ); run :func:`mend.corrections.apply_corrections`
+was trained on (refused if its weights differ); run :func:`mend.corrections.apply_pending`
 on the queue at ``<storage.uri>/<queue_prefix>`` (validate, edit in batches, score,
 accept or reject, publish manifest-last under a lease); then register every published
 version not yet in MLflow as ``mend-corrected-<model>`` (alias ``current``), with
-lineage to the editor version and the base model.
+lineage to the editor version and the base model. The run's artifact ends with the
+queue's status (:mod:`mend.corrections.status`): how many reported corrections are live,
+what became of the others, and what else the live ones moved.
 
 Safe to re-run at any time: published corrections are never applied twice, a run
 killed mid-batch leaves the previous version, and registration catches up on versions
@@ -30,7 +32,6 @@ from flows.common import (
     load_config,
     logger,
     markdown,
-    md_table,
     store_for,
     table,
 )
@@ -41,6 +42,7 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
                 apply: dict[str, Any]) -> dict[str, Any]:
     """Apply every pending correction with the editor behind the alias; returns the report."""
     from mend.corrections import ApplyConfig, CorrectionQueue, apply_pending
+    from mend.corrections.status import queue_status
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
     from mend.registry import mlflow_registry as reg
@@ -58,11 +60,13 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
         queue = CorrectionQueue(store_for(cfg.storage.uri), queue_prefix)
         report = apply_pending(queue, model, editor, ApplyConfig.model_validate(apply),
                                details={"editor": ref.lineage()}, log=log.info)
+    status = queue_status(queue)
     return {
         "editor_version": ref.version, "base_model": ref.base_model, "dtype": ref.dtype,
         "versions": report.versions, "applied": report.applied,
         "rejected": [list(r) for r in report.rejected], "dead_lettered": [list(d) for d in report.dead_lettered],
         "recovered": report.recovered, "seconds": round(report.seconds, 2), "counts": queue.counts(),
+        "status": status.as_json(), "status_lines": status.lines(),
     }
 
 
@@ -122,7 +126,10 @@ def apply_corrections(
             f"registered as `{corrected}` (alias `current` -> v{registered[max(registered, key=int)]})"
             if registered else "Nothing published yet.",
             "",
-            md_table([{"state": k, "count": v} for k, v in report["counts"].items()]),
+            "## Status of the queue",
+            "```text",
+            *report["status_lines"],
+            "```",
         ]),
         description="apply-corrections run",
     )

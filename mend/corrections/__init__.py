@@ -1,4 +1,5 @@
-"""The corrections queue: submit, validate, apply with an editor, publish, roll back."""
+"""The corrections queue: submit, validate, apply with an editor, publish, roll back,
+and say where the reported corrections stand."""
 
 from mend.corrections.apply import ApplyConfig, ApplyReport, ApplyRun, apply_pending, recover
 from mend.corrections.lease import Lease, LeaseHeldError, break_lease, inspect_lease
@@ -14,6 +15,7 @@ from mend.corrections.schema import (
     parse_correction,
     read_submissions,
 )
+from mend.corrections.status import QueueStatus, queue_status
 from mend.corrections.versions import ActiveEntry, VersionConflictError, VersionStore
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "LeaseHeldError",
     "LocalityCheck",
     "Problem",
+    "QueueStatus",
     "SubmitReport",
     "Submission",
     "VersionConflictError",
@@ -40,6 +43,7 @@ __all__ = [
     "inspect_lease",
     "normalise",
     "parse_correction",
+    "queue_status",
     "read_submissions",
     "recover",
     "rollback",

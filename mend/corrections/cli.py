@@ -1,6 +1,7 @@
 """``mend corrections``: the daily work on the queue.
 
     mend corrections submit fixes.jsonl            # or - for standard input
+    mend corrections status [--json]               # how many are live, what else moved
     mend corrections list [--state pending]
     mend corrections verify                        # records the queue cannot trust
     mend corrections apply --editor runs/zsre/best
@@ -208,6 +209,26 @@ def list_(
             detail = f"version {record.get('version')}" if state == "applied" else record.get("reason", "")
             table.add_row(plain(name), plain(c["prompt"]), plain(c["target"]), plain(detail))
     console.print(table)
+
+
+@app.command()
+@command
+def status(
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON"),
+    store: str = StoreOption,
+    prefix: str = PrefixOption,
+    debug: bool = DebugOption,
+) -> None:
+    """How many reported corrections are live, what became of the others and what else
+    the live ones moved (read-only)."""
+    from mend.corrections.status import queue_status
+
+    report = queue_status(_queue(store, prefix))
+    if as_json:
+        console.print_json(json.dumps(report.as_json()))
+        return
+    for line in report.lines():
+        console.print(plain(line))
 
 
 @app.command()

@@ -78,6 +78,8 @@ def test_flow_publishes_registers_and_serves_the_corrections(deployment, request
     assert sorted(result["applied"]) == sorted(i["id"] for i in items)
     assert result["versions"] == [1, 2] and result["registered"] == {"1": "1", "2": "2"}
     assert result["counts"] == {"pending": 0, "applied": 4, "rejected": 0, "dead-letter": 1}
+    assert result["status"]["live"] == 4 and result["status"]["reported"] == 5
+    assert result["status_lines"][0] == "5 corrections reported; 4 live in version 2"
     current = client.get_model_version_by_alias(CORRECTED, "current")
     assert str(current.version) == "2"
     tags = current.tags
