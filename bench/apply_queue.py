@@ -29,7 +29,6 @@ the champion ``make run`` registers: its scoped editor lies in ``runs/pipeline/s
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from collections import Counter
 
@@ -41,6 +40,7 @@ from bench.corrections_data import as_corrections, zsre_records
 from bench.edit_latency import forward_backward
 from mend import EditableModel, Editor
 from mend.corrections import ApplyConfig, CorrectionQueue, VersionStore, apply_pending
+from mend.corrections.status import queue_status, reason_kind
 from mend.evaluation.scoring import answer_predictions, score_targets
 from mend.scope import ScopeModel
 from mend.storage import open_store
@@ -87,6 +87,7 @@ def run(model, editor, n: int, config: ApplyConfig) -> dict:
             for record in (queue.read(state, i) for i in queue.ids(state))
             if "metrics" in record
         ]
+        status = queue_status(queue).lines()
         versions = VersionStore(queue.store)
         final = versions.load_edit(versions.active(versions.latest())) if versions.latest() else None
         live_ids = {r.request_id for r in final.requests} if final is not None else set()
@@ -104,10 +105,11 @@ def run(model, editor, n: int, config: ApplyConfig) -> dict:
             "edit_success": sum(success) / max(len(success), 1),
             "edit_success_computed": sum(computed) / max(len(computed), 1),
             # Why corrections were refused, by kind (numbers stripped).
-            "rejections": dict(Counter(re.sub(r"[0-9.]+", "#", reason) for _, reason in report.rejected)),
+            "rejections": dict(Counter(reason_kind(reason) for _, reason in report.rejected)),
             # Refused because another correction of the batch asks the same (prompt or question).
             "contradictions": sum("contradicts" in reason for _, reason in report.dead_lettered),
             "live": len(final.requests) if final is not None else 0,
+            "status": status,
         }
 
 
@@ -157,6 +159,8 @@ def main() -> None:
         # Of the corrections that could be published at all: one of two contradicting
         # corrections in a batch cannot.
         results[f"published_share_consistent_{n}"] = round(out["applied"] / (n - out["contradictions"]), 4)
+        # What `mend corrections status` said after the run.
+        results[f"status_{n}"] = out.pop("status")
         results[f"details_{n}"] = out
     own = args.aggregation in (None, editor.config.aggregation)
     write_result(args.name or ("apply_queue" if own else f"apply_queue_{args.aggregation}"), results)

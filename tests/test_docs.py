@@ -74,6 +74,14 @@ def test_unknown_markers_fail():
         bench_tables.render("{{ bench_value main_job no.such.key }}")
     with pytest.raises(bench_tables.BenchError):
         bench_tables.render("{{ bench_value no_such_file x }}")
+    with pytest.raises(bench_tables.BenchError, match="not a list of lines"):
+        bench_tables.render("{{ bench_text main_job wall_min }}")
+
+
+def test_recorded_lines_render_as_a_text_block():
+    lines = bench_tables.load("apply_queue_pipeline_champion")["status_1000"]
+    rendered = bench_tables.render("{{ bench_text apply_queue_pipeline_champion status_1000 }}")
+    assert rendered == "\n".join(["```text", *lines, "```"])
 
 
 @pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md"], ids=lambda p: p.name)

@@ -7,6 +7,8 @@ for one with a marker:
     {{ bench_table apply_queue }}            a table (the names are in TABLES)
     {{ bench_value key_room rows_per_matrix }}      one value (file stem, dotted path,
     {{ bench_value main_job wall_min .0f }}          optional format spec)
+    {{ bench_text apply_queue status_1000 }}       lines a bench recorded (a list of
+                                                   strings), as a text block
 
 A marker naming an unknown table, a missing file or a missing key fails the build.
 
@@ -32,6 +34,7 @@ PACKAGE = ROOT / "mend"
 
 TABLE = re.compile(r"\{\{\s*bench_table\s+([\w-]+)\s*\}\}")
 VALUE = re.compile(r"\{\{\s*bench_value\s+([\w-]+)\s+([\w.-]+)(?:\s+([^\s}]+))?\s*\}\}")
+TEXT = re.compile(r"\{\{\s*bench_text\s+([\w-]+)\s+([\w.-]+)\s*\}\}")
 
 
 class BenchError(Exception):
@@ -65,6 +68,14 @@ def value(stem: str, dotted: str, spec: str | None = None) -> str:
     if spec is None:
         return f"{found:,}" if isinstance(found, int) and not isinstance(found, bool) else str(found)
     return format(found, spec)
+
+
+def text_block(stem: str, dotted: str) -> str:
+    """Lines a results file recorded (e.g. a command's output), as a fenced text block."""
+    found = lookup(load(stem), dotted)
+    if not isinstance(found, list) or not all(isinstance(line, str) for line in found):
+        raise BenchError(f"{stem} {dotted} is not a list of lines")
+    return "\n".join(["```text", *found, "```"])
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -518,6 +529,7 @@ def table(name: str) -> str:
 def render(text: str) -> str:
     """``text`` with every bench marker replaced by what the results files say."""
     text = TABLE.sub(lambda m: "\n" + table(m.group(1)) + "\n", text)
+    text = TEXT.sub(lambda m: text_block(m.group(1), m.group(2)), text)
     return VALUE.sub(lambda m: value(m.group(1), m.group(2), m.group(3)), text)
 
 
