@@ -70,7 +70,7 @@ def print_summary(s: dict[str, Any], wall_s: float) -> None:
         print(f"  Prefect UI:  {home}{py.parent / 'prefect'} server start   -> http://127.0.0.1:4200")
     print(f"  load it:     mlflow.pyfunc.load_model('models:/{s['model_name']}@{s['alias']}')")
     print(f"  corrections: mend corrections submit FILE, then python -m flows.apply_corrections "
-          f"--model-name {s['model_name']}")
+          f"--model-name {s['model_name']}; mend corrections status says how many are live")
     print("=" * 78)
 
 
