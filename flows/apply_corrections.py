@@ -9,9 +9,10 @@ was trained on (refused if its weights differ); run :func:`mend.corrections.appl
 on the queue at ``<storage.uri>/<queue_prefix>`` (validate, edit in batches, score,
 accept or reject, publish manifest-last under a lease); then register every published
 version not yet in MLflow as ``mend-corrected-<model>`` (alias ``current``), with
-lineage to the editor version and the base model. The run's artifact ends with the
-queue's status (:mod:`mend.corrections.status`): how many reported corrections are live,
-what became of the others, and what else the live ones moved.
+lineage to the editor version and the base model; last, task ``queue-status`` reads the
+queue's status (:mod:`mend.corrections.status`), which ends the run's artifact: how many
+reported corrections are live, what became of the others, and what else the live ones
+moved.
 
 Safe to re-run at any time: published corrections are never applied twice, a run
 killed mid-batch leaves the previous version, and registration catches up on versions
@@ -42,7 +43,6 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
                 apply: dict[str, Any]) -> dict[str, Any]:
     """Apply every pending correction with the editor behind the alias; returns the report."""
     from mend.corrections import ApplyConfig, CorrectionQueue, apply_pending
-    from mend.corrections.status import queue_status
     from mend.editor.editor import Editor
     from mend.models.editable import EditableModel
     from mend.registry import mlflow_registry as reg
@@ -60,13 +60,11 @@ def apply_queue(config: dict[str, Any], model_name: str, alias: str, queue_prefi
         queue = CorrectionQueue(store_for(cfg.storage.uri), queue_prefix)
         report = apply_pending(queue, model, editor, ApplyConfig.model_validate(apply),
                                details={"editor": ref.lineage()}, log=log.info)
-    status = queue_status(queue)
     return {
         "editor_version": ref.version, "base_model": ref.base_model, "dtype": ref.dtype,
         "versions": report.versions, "applied": report.applied,
         "rejected": [list(r) for r in report.rejected], "dead_lettered": [list(d) for d in report.dead_lettered],
         "recovered": report.recovered, "seconds": round(report.seconds, 2), "counts": queue.counts(),
-        "status": status.as_json(), "status_lines": status.lines(),
     }
 
 
@@ -90,6 +88,15 @@ def register_versions(config: dict[str, Any], model_name: str, queue_prefix: str
     return {str(k): v for k, v in done.items()}
 
 
+@task(name="queue-status", **TRANSIENT)
+def report_status(config: dict[str, Any], queue_prefix: str) -> dict[str, Any]:
+    """Where the queue's corrections stand after the run (:mod:`mend.corrections.status`)."""
+    from mend.corrections import CorrectionQueue, queue_status
+
+    status = queue_status(CorrectionQueue(store_for(load_config(config).storage.uri), queue_prefix))
+    return {"status": status.as_json(), "status_lines": status.lines()}
+
+
 @flow(name="apply-corrections")
 def apply_corrections(
     model_name: str = "mend-editor-smollm2-135m",
@@ -108,6 +115,7 @@ def apply_corrections(
     cfg = load_config(config, overrides)
     report = apply_queue(cfg.to_dict(), model_name, alias, queue_prefix, apply or {})
     registered = register_versions(cfg.to_dict(), model_name, queue_prefix, report["base_model"], report["dtype"])
+    report = {**report, **report_status(cfg.to_dict(), queue_prefix)}
     from mend.registry.corrected import corrected_model_name
 
     corrected = corrected_model_name(model_name)
