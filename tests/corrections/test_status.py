@@ -72,3 +72,13 @@ def test_mend_corrections_status_prints_it_and_its_json(history):
     assert as_json.exit_code == 0, as_json.output
     parsed = json.loads(as_json.output)
     assert parsed["live"] == 3 and parsed["reported"] == 8 and parsed["rolled_back"] == [items[1]["id"]]
+
+
+def test_a_record_the_queue_cannot_read_is_counted_apart(tmp_path):
+    queue = CorrectionQueue(open_store(tmp_path / "store"))
+    queue.submit([{"id": "broken", "prompt": ""}])
+    queue.store.put_bytes(queue.key("rejected", "garbled"), b"\xff not json")
+    status = queue_status(queue)
+    assert status.unreadable == 1 and sum(status.dead_lettered.values()) == 1
+    assert status.reported == 2 and status.live == 0
+    assert "  unreadable          1" in status.lines()
