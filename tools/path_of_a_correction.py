@@ -10,10 +10,12 @@ registers its champions (``--aggregation sum`` or ``least_squares`` for the othe
 while :func:`sys.setprofile` watches every call into a module under ``mend/`` or ``flows/``:
 
 1. ``submit``: ``mend corrections submit FILE`` (the ``mend`` console script's app).
-2. ``apply``: the two tasks of ``flows/apply_corrections.py`` (their functions, without a
-   Prefect server): the champion editor from an MLflow registry applies the queue and
-   publishes a version; then
-3. ``register``: the version becomes ``mend-corrected-<editor>@current``;
+2. ``apply``: the ``apply-queue`` task of ``flows/apply_corrections.py`` (its function,
+   without a Prefect server): the champion editor from an MLflow registry applies the
+   queue and publishes a version; then
+3. ``register``: its ``register-corrected-versions`` task: the version becomes
+   ``mend-corrected-<editor>@current`` (the flow's last task, ``queue-status``, reports
+   on the queue beside the path and is not followed);
 4. ``serve``: ``mlflow.pyfunc.load_model(...).predict`` on the correction's prompt, what
    ``mlflow models serve`` runs behind its HTTP endpoint.
 
