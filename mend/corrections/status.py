@@ -116,7 +116,7 @@ def _reasons(queue: CorrectionQueue, state: str) -> tuple[Counter, int]:
     return kinds, unreadable
 
 
-def _moved(versions: VersionStore, manifests: dict[int, dict], live: set[str]) -> Moved:
+def _moved(manifests: dict[int, dict], live: set[str]) -> Moved:
     moved = Moved()
     regression = [m["regression_agreement"] for _, m in sorted(manifests.items()) if "regression_agreement" in m]
     if regression:
@@ -162,5 +162,5 @@ def queue_status(queue: CorrectionQueue) -> QueueStatus:
         rejected=dict(rejected.most_common()),
         dead_lettered=dict(dead.most_common()),
         unreadable=unreadable_rejected + unreadable_dead,
-        moved=_moved(versions, manifests, live),
+        moved=_moved(manifests, live),
     )

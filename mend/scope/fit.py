@@ -31,7 +31,7 @@ from mend.models.editable import EditableModel
 from mend.scope.model import ScopeConfig, ScopeModel, whitening
 from mend.scope.relation import RelationData, RelationReport, fit_relation
 from mend.scope.scores import Padded, best_token_scores
-from mend.scope.states import layer_states, subject_position
+from mend.scope.states import layer_states, subject_states
 from mend.scope.subjects import gated, subject_tokens
 
 
@@ -84,9 +84,7 @@ def scope_data(
     out = {}
     for layer in layers:
         rows = states[layer]
-        keys = torch.stack([
-            rows[i].states[subject_position(e.prompt, rows[i].offsets, e.subject)] for i, e in enumerate(examples)
-        ])
+        keys = subject_states(prompts, rows[: len(prompts)], [e.subject for e in examples])
         start = len(prompts) + len(rephrases)
         negative_sets = {}
         for name in names:

@@ -96,6 +96,13 @@ def subject_position(text: str, offsets: Sequence[tuple[int, int]], subject: str
     return inside[-1] if inside else last
 
 
+def subject_states(prompts: Sequence[str], states: Sequence[TextStates], subjects: Sequence[str | None]) -> Tensor:
+    """``(n, d_model)``: each prompt's state at its subject's last token
+    (:func:`subject_position`), where scope keys are read."""
+    return torch.stack([s.states[subject_position(p, s.offsets, subj)]
+                        for p, s, subj in zip(prompts, states, subjects, strict=True)])
+
+
 @torch.no_grad()
 def correction_keys(
     scope: ScopeModel, model: EditableModel, prompts: Sequence[str], subjects: Sequence[str | None] | None = None
@@ -116,8 +123,8 @@ def correction_scope_keys(
     states = block_states(model, prompts, scope.config.layer)
     if not states:
         return torch.zeros(0, scope.config.dim), scope.embed_relation(torch.zeros(0, scope.d_model))
-    rows = [s.states[subject_position(p, s.offsets, subj)] for p, s, subj in zip(prompts, states, subjects, strict=True)]
-    return scope.embed(torch.stack(rows)), scope.embed_relation(torch.stack([s.states[-1] for s in states]))
+    return (scope.embed(subject_states(prompts, states, subjects)),
+            scope.embed_relation(torch.stack([s.states[-1] for s in states])))
 
 
 def correction_subjects(model: EditableModel, subjects: Sequence[str | None]) -> Tensor:

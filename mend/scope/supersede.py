@@ -27,7 +27,7 @@ from torch import Tensor
 from mend.models.editable import EditableModel
 from mend.scope.model import ScopeModel
 from mend.scope.scores import Padded, best_token_scores
-from mend.scope.states import block_states, subject_position
+from mend.scope.states import block_states, subject_states
 from mend.scope.subjects import subject_tokens
 
 
@@ -50,10 +50,8 @@ class Questions:
         if not states:
             return Questions(torch.zeros(0, scope.config.dim), subject_tokens(model.tokenizer, []),
                              Padded.of([], scope.config.skip_first))
-        rows = torch.stack([s.states[subject_position(p, s.offsets, subj)]
-                            for p, s, subj in zip(prompts, states, subjects, strict=True)])
-        return Questions(scope.embed(rows), subject_tokens(model.tokenizer, list(subjects)),
-                         Padded.of(states, scope.config.skip_first))
+        return Questions(scope.embed(subject_states(prompts, states, subjects)),
+                         subject_tokens(model.tokenizer, list(subjects)), Padded.of(states, scope.config.skip_first))
 
 
     def take(self, index: Tensor) -> Questions:
