@@ -14,8 +14,8 @@ The store moves bytes and files only (safetensors, JSON, JSONL), never pickles.
 Every object's sha256 is recorded on write and verified on read.
 """
 
-from .base import ArtifactInfo, ArtifactStore
-from .checks import sha256_bytes, sha256_file, validate_key, validate_prefix
+from .base import ArtifactInfo, ArtifactStore, validate_key, validate_prefix
+from .checksums import sha256_bytes, sha256_file
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,

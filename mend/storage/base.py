@@ -1,23 +1,41 @@
-"""The backend-independent artifact store interface.
+"""The backend-independent artifact store interface, and the keys it accepts.
 
-:class:`ArtifactStore` is an abstract base class: backends implement the byte
-and file primitives, and inherit the JSON and directory helpers defined here on
-top of them. All methods are safe to call from several threads at once.
+:class:`ArtifactStore` is an abstract base class. Its public methods check keys and
+prefixes, then call the backend's primitives (``_put_bytes``, ``_get_bytes``, ...) with
+keys already valid; the JSON and directory helpers are built on those methods. So the
+contract's checks are made here once, for every backend. All methods are safe to call
+from several threads at once.
+
+Keys. A key is a ``/``-separated relative name such as ``datasets/zsre/train.jsonl``.
+Keys are validated, never silently normalised, so a given artifact has exactly one
+spelling and the same keys work on every backend:
+
+* non-empty, at most :data:`MAX_KEY_BYTES` bytes of UTF-8;
+* no leading or trailing ``/``, no empty segment (``a//b``);
+* no ``.`` or ``..`` segment, no backslash, no NUL or other control character;
+* the first segment must not be :data:`RESERVED_SEGMENT` (the local backend keeps its
+  checksums, locks and temp files there).
+
+A *prefix* (for :meth:`ArtifactStore.list`) is a plain string prefix, as in S3: ``""``
+matches everything, ``"runs/"`` matches ``runs/a`` but not ``runs2/a``, ``"runs"``
+matches both. Every segment before its last ``/`` must follow the key rules; the part
+after it is a partial name (no backslash or control characters, like everywhere else).
 
 Contract shared by every backend (the test suite in ``tests/storage`` runs the
 same behaviour tests against each one):
 
-* Keys follow :mod:`mend.storage.checks`; an invalid key raises
-  :class:`~mend.storage.errors.InvalidKeyError` before anything is touched.
+* An invalid key raises :class:`~mend.storage.errors.InvalidKeyError` before anything
+  is touched.
 * Every object's sha256 is recorded when it is written and verified on every
-  read (``get_bytes``, ``get_file``, ``get_json``, ``download_dir``). A
-  mismatch is retried and then raises
+  read (``get_bytes``, ``get_file``, ``get_json``, ``download_dir``;
+  :mod:`mend.storage.checksums`). A mismatch is retried and then raises
   :class:`~mend.storage.errors.ChecksumMismatchError`.
 * Reading a missing key raises :class:`~mend.storage.errors.ArtifactNotFoundError`.
 * ``put_*`` overwrite; ``delete`` is idempotent; ``move`` overwrites the
   destination; ``put_if_absent`` is an atomic create that never overwrites.
 * ``list`` returns keys sorted by code point (which is also S3's UTF-8 byte
-  order), filtered by a plain string prefix.
+  order), filtered by a plain string prefix; stored names no key can spell (a web
+  console's ``folder/`` marker, a stray file) are left out.
 """
 
 from __future__ import annotations
@@ -32,7 +50,78 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .checks import join_key, validate_key, validate_prefix
+from .errors import InvalidKeyError
+
+RESERVED_SEGMENT = ".mend-store"
+"""First path segment reserved for the local backend's bookkeeping."""
+
+MAX_KEY_BYTES = 900
+"""S3 allows 1024 bytes per key; leave room for a store prefix."""
+
+
+def _check_segments(value: str, segments: list[str]) -> None:
+    for segment in segments:
+        if segment == "":
+            raise InvalidKeyError(value, "empty path segment (leading, trailing or doubled '/')")
+        if segment in (".", ".."):
+            raise InvalidKeyError(value, f"'{segment}' segments are not allowed")
+
+
+def _check_chars(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidKeyError(value, "keys must be str")
+    if "\\" in value:
+        raise InvalidKeyError(value, "backslashes are not allowed; use '/'")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InvalidKeyError(value, "control characters are not allowed")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError(value, "not encodable as UTF-8 (lone surrogate)") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidKeyError(value, f"longer than {MAX_KEY_BYTES} bytes")
+    return value
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` unchanged if it is a valid artifact key, else raise :class:`InvalidKeyError`."""
+    value = _check_chars(key)
+    if value == "":
+        raise InvalidKeyError(value, "empty key")
+    segments = value.split("/")
+    _check_segments(value, segments)
+    if segments[0] == RESERVED_SEGMENT:
+        raise InvalidKeyError(value, f"'{RESERVED_SEGMENT}/' is reserved")
+    return value
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` unchanged if it is a valid listing prefix, else raise :class:`InvalidKeyError`."""
+    value = _check_chars(prefix)
+    if value == "":
+        return value
+    # Every segment before the last '/' is complete and follows the key rules;
+    # what follows it is a partial name ("runs" also matches "runs2/x").
+    complete = value.split("/")[:-1]
+    _check_segments(value, complete)
+    if complete and complete[0] == RESERVED_SEGMENT:
+        raise InvalidKeyError(value, f"'{RESERVED_SEGMENT}/' is reserved")
+    return value
+
+
+def _is_key(name: str) -> bool:
+    try:
+        validate_key(name)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def join_key(prefix: str, relative: str) -> str:
+    """Join a directory-like ``prefix`` (with or without trailing ``/``) and a relative key."""
+    prefix = prefix.rstrip("/")
+    return f"{prefix}/{relative}" if prefix else relative
+
 
 Bytes = bytes | bytearray | memoryview
 """Accepted types for in-memory payloads."""
@@ -60,55 +149,55 @@ class ArtifactStore(ABC):
     def uri(self) -> str:
         """URI of the store root; ``open_store(store.uri)`` reopens the same store."""
 
-    @abstractmethod
     def uri_for(self, key: str) -> str:
         """Absolute URI of ``key`` (``file:///...`` or ``s3://bucket/...``); the key need not exist."""
+        return self._uri_for(validate_key(key))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
-    # ------------------------------------------------------------------ primitives
-    @abstractmethod
+    # ------------------------------------------------------------------ the contract
     def put_bytes(self, key: str, data: Bytes) -> None:
         """Store ``data`` under ``key`` atomically, replacing any existing object."""
+        self._put_bytes(validate_key(key), data)
 
-    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Return the verified contents of ``key``."""
+        return self._get_bytes(validate_key(key))
 
-    @abstractmethod
     def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Upload the file at ``local_path`` to ``key``, replacing any existing object.
 
         The file must not change while it is uploaded: its sha256 is computed first
         and a concurrent modification surfaces as a checksum error on download.
         """
+        self._put_file(validate_key(key), local_path)
 
-    @abstractmethod
     def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         """Download ``key`` to ``local_path`` and return that path.
 
         Parent directories are created. The file appears atomically and only once
         its checksum has been verified; on failure ``local_path`` is left untouched.
         """
+        return self._get_file(validate_key(key), local_path)
 
-    @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored under exactly ``key``."""
+        return self._exists(validate_key(key))
 
-    @abstractmethod
     def info(self, key: str) -> ArtifactInfo:
         """Size and recorded checksum of ``key`` (raises ``ArtifactNotFoundError``)."""
+        return self._info(validate_key(key))
 
-    @abstractmethod
     def list(self, prefix: str = "") -> builtins.list[str]:
         """All keys starting with ``prefix`` (a plain string prefix), sorted."""
+        validate_prefix(prefix)
+        return sorted(name for name in self._names(prefix) if name.startswith(prefix) and _is_key(name))
 
-    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
+        self._delete(validate_key(key))
 
-    @abstractmethod
     def move(self, src_key: str, dst_key: str) -> None:
         """Rename ``src_key`` to ``dst_key``, replacing any object at ``dst_key``.
 
@@ -119,8 +208,8 @@ class ArtifactStore(ABC):
         both keys, never under neither: consumers such as a queue must tolerate
         seeing a record in both places.
         """
+        self._move(validate_key(src_key), validate_key(dst_key))
 
-    @abstractmethod
     def put_if_absent(self, key: str, data: Bytes) -> bool:
         """Atomically create ``key`` with ``data`` unless it exists.
 
@@ -128,6 +217,7 @@ class ArtifactStore(ABC):
         was already there (it is left untouched). Exactly one of several concurrent
         callers wins, so this is suitable for locks and leases.
         """
+        return self._put_if_absent(validate_key(key), data)
 
     def get_unverified(self, key: str) -> bytes:
         """``key``'s bytes without checking them against a recorded checksum.
@@ -135,6 +225,46 @@ class ArtifactStore(ABC):
         Only for keeping what could not be verified (a queue's quarantine); everything
         else reads with :meth:`get_bytes`.
         """
+        return self._get_unverified(validate_key(key))
+
+    # ------------------------------------------------------------------ a backend's primitives
+    # Each receives keys (and a prefix) already checked by the method above it.
+    @abstractmethod
+    def _uri_for(self, key: str) -> str: ...
+
+    @abstractmethod
+    def _put_bytes(self, key: str, data: Bytes) -> None: ...
+
+    @abstractmethod
+    def _get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None: ...
+
+    @abstractmethod
+    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path: ...
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _info(self, key: str) -> ArtifactInfo: ...
+
+    @abstractmethod
+    def _names(self, prefix: str) -> Iterable[str]:
+        """Stored names that may start with ``prefix`` (a superset is fine: :meth:`list`
+        keeps those that start with it and are valid keys, and sorts them)."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _move(self, src_key: str, dst_key: str) -> None: ...
+
+    @abstractmethod
+    def _put_if_absent(self, key: str, data: Bytes) -> bool: ...
+
+    def _get_unverified(self, key: str) -> bytes:
         raise NotImplementedError(f"{type(self).__name__} cannot read unverified bytes")
 
     # ------------------------------------------------------------------ derived helpers

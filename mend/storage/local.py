@@ -45,12 +45,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checks import CHUNK_SIZE, RESERVED_SEGMENT, sha256_bytes, validate_key, validate_prefix
+from .base import RESERVED_SEGMENT, ArtifactInfo, ArtifactStore, Bytes, validate_key
+from .checksums import CHUNK_SIZE, sha256_bytes
 from .errors import (
     ArtifactNotFoundError,
     ChecksumMismatchError,
-    InvalidKeyError,
     StorageError,
     UntrustedObjectError,
 )
@@ -115,8 +114,8 @@ class LocalStore(ArtifactStore):
     def uri(self) -> str:
         return self._root.as_uri()
 
-    def uri_for(self, key: str) -> str:
-        return self.path_for(key).as_uri()
+    def _uri_for(self, key: str) -> str:
+        return self._path(key).as_uri()
 
     def path_for(self, key: str) -> Path:
         """Filesystem path where ``key``'s bytes live (read-only use: writes must go through the store).
@@ -124,32 +123,32 @@ class LocalStore(ArtifactStore):
         Raises :class:`UntrustedObjectError` if a folder on the way is a symbolic link:
         the store never follows links, which could lead out of its root.
         """
-        path = self._root.joinpath(*validate_key(key).split("/"))
+        return self._path(validate_key(key))
+
+    def _path(self, key: str) -> Path:
+        path = self._root.joinpath(*key.split("/"))
         _refuse_links(path.parent, self._root, key)
         return path
 
     def _object_path(self, key: str) -> Path:
         """``key``'s path for reading its bytes: the object itself must not be a link either."""
-        path = self.path_for(key)
+        path = self._path(key)
         if path.is_symlink():
             raise UntrustedObjectError(key, f"{path} is a symbolic link (to {os.readlink(path)!r})")
         return path
 
     # ------------------------------------------------------------------ writes
-    def put_bytes(self, key: str, data: Bytes) -> None:
-        validate_key(key)
+    def _put_bytes(self, key: str, data: Bytes) -> None:
         tmp, digest = self._stage(lambda out: _write_and_hash(data, out))
         self._commit(key, tmp, digest)
 
-    def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
-        validate_key(key)
+    def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         with open(local_path, "rb") as src:
             tmp, digest = self._stage(lambda out: _copy_and_hash(src, out))
         self._commit(key, tmp, digest)
 
-    def put_if_absent(self, key: str, data: Bytes) -> bool:
-        validate_key(key)
-        target = self.path_for(key)
+    def _put_if_absent(self, key: str, data: Bytes) -> bool:
+        target = self._path(key)
         tmp, digest = self._stage(lambda out: _write_and_hash(data, out))
         try:
             with self._locked([key]):
@@ -173,9 +172,8 @@ class LocalStore(ArtifactStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def delete(self, key: str) -> None:
-        validate_key(key)
-        target = self.path_for(key)
+    def _delete(self, key: str) -> None:
+        target = self._path(key)
         with self._locked([key]):
             try:
                 os.unlink(target)
@@ -187,13 +185,11 @@ class LocalStore(ArtifactStore):
             self._remove_record(key)
             self._prune(target.parent, self._root)
 
-    def move(self, src_key: str, dst_key: str) -> None:
-        validate_key(src_key)
-        validate_key(dst_key)
-        src, dst = self._object_path(src_key), self.path_for(dst_key)
+    def _move(self, src_key: str, dst_key: str) -> None:
+        src, dst = self._object_path(src_key), self._path(dst_key)
         with self._locked([src_key, dst_key]):
             if not src.is_file():
-                raise ArtifactNotFoundError(src_key, self.uri_for(src_key))
+                raise ArtifactNotFoundError(src_key, self._uri_for(src_key))
             if src_key == dst_key:
                 return
             record = self._read_record(src_key)
@@ -213,7 +209,7 @@ class LocalStore(ArtifactStore):
             self._prune(src.parent, self._root)
 
     # ------------------------------------------------------------------ reads
-    def get_bytes(self, key: str) -> bytes:
+    def _get_bytes(self, key: str) -> bytes:
         target = self._object_path(key)
         expected: str | None = None
         actual = ""
@@ -224,7 +220,7 @@ class LocalStore(ArtifactStore):
                 try:
                     data = target.read_bytes()
                 except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                    raise ArtifactNotFoundError(key, self.uri_for(key)) from None
+                    raise ArtifactNotFoundError(key, self._uri_for(key)) from None
             actual = sha256_bytes(data)
             verdict = self._verify(key, record, actual)
             if verdict is True:
@@ -233,7 +229,7 @@ class LocalStore(ArtifactStore):
             self._backoff(attempt, attempts)
         raise ChecksumMismatchError(key, expected, actual, attempts)
 
-    def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         source = self._object_path(key)
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +245,7 @@ class LocalStore(ArtifactStore):
                         try:
                             src = open(source, "rb")  # noqa: SIM115 - closed below
                         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                            raise ArtifactNotFoundError(key, self.uri_for(key)) from None
+                            raise ArtifactNotFoundError(key, self._uri_for(key)) from None
                         with src:
                             actual = _copy_and_hash(src, out)
                     if self._fsync:
@@ -266,25 +262,25 @@ class LocalStore(ArtifactStore):
             self._backoff(attempt, attempts)
         raise ChecksumMismatchError(key, expected, actual, attempts)
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         """Whether something occupies ``key``: an object, or a link the store will not read."""
-        path = self.path_for(key)
+        path = self._path(key)
         return path.is_symlink() or path.is_file()
 
-    def get_unverified(self, key: str) -> bytes:
+    def _get_unverified(self, key: str) -> bytes:
         """``key``'s bytes without checking them against a checksum record (for quarantine).
 
         A symbolic link is never followed: its bytes are the link's target path.
         """
-        path = self.path_for(key)
+        path = self._path(key)
         if path.is_symlink():
             return os.fsencode(os.readlink(path))
         try:
             return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ArtifactNotFoundError(key, self.uri_for(key)) from None
+            raise ArtifactNotFoundError(key, self._uri_for(key)) from None
 
-    def info(self, key: str) -> ArtifactInfo:
+    def _info(self, key: str) -> ArtifactInfo:
         target = self._object_path(key)
         with self._locked([key], shared=True):
             try:
@@ -292,17 +288,15 @@ class LocalStore(ArtifactStore):
                     raise FileNotFoundError(target)
                 size = target.stat().st_size
             except (FileNotFoundError, NotADirectoryError):
-                raise ArtifactNotFoundError(key, self.uri_for(key)) from None
+                raise ArtifactNotFoundError(key, self._uri_for(key)) from None
             record = self._read_record(key)
         return ArtifactInfo(key=key, size=size, sha256=record["sha256"] if record else None)
 
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        validate_prefix(prefix)
+    def _names(self, prefix: str) -> Iterator[str]:
         # Walk only the deepest directory fully named by the prefix.
         directory, _, _ = prefix.rpartition("/")
         start = self._root.joinpath(*directory.split("/")) if directory else self._root
         _refuse_links(start, self._root, prefix)
-        keys: builtins.list[str] = []
         for dirpath, dirnames, filenames in os.walk(start):  # never descends into links
             here = Path(dirpath)
             if here == self._root:
@@ -311,16 +305,9 @@ class LocalStore(ArtifactStore):
             # A link occupies its key even though the store will not read through it.
             links = [d for d in dirnames if (here / d).is_symlink()]
             for name in [*filenames, *links]:
-                key = name if relative_dir == "." else f"{relative_dir}/{name}"
                 path = here / name
-                if not key.startswith(prefix) or not (path.is_symlink() or path.is_file()):
-                    continue
-                try:
-                    keys.append(validate_key(key))
-                except InvalidKeyError:
-                    continue  # a stray file no key can name
-        keys.sort()
-        return keys
+                if path.is_symlink() or path.is_file():
+                    yield name if relative_dir == "." else f"{relative_dir}/{name}"
 
     # ------------------------------------------------------------------ internals
     def _verify(self, key: str, record: dict[str, Any] | None, actual: str) -> str | None | bool:
@@ -355,7 +342,7 @@ class LocalStore(ArtifactStore):
 
     def _commit(self, key: str, tmp: str, digest: str) -> None:
         """Atomically replace ``key`` with the staged file ``tmp`` whose sha256 is ``digest``."""
-        target = self.path_for(key)
+        target = self._path(key)
         try:
             with self._locked([key]):
                 self._write_record(key, self._transition(key, digest, None))
@@ -370,7 +357,7 @@ class LocalStore(ArtifactStore):
     def _transition(self, key: str, digest: str, moved: dict[str, Any] | None) -> dict[str, Any]:
         """Record valid both before and after ``key``'s object becomes ``digest``."""
         previous: set[str] = set()
-        if self.path_for(key).is_file():
+        if self._path(key).is_file():
             old = self._read_record(key)
             if old is not None:
                 previous.update([old["sha256"], *old.get("previous", [])])

@@ -22,12 +22,12 @@ other backends, and where they keep it:
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import LocalStore as ObLocalStore
 from obstore.store import S3Store as ObS3Store
 
-from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checks import RESERVED_SEGMENT, sha256_bytes, sha256_file, validate_key, validate_prefix
-from .errors import ArtifactNotFoundError, ChecksumMismatchError, InvalidKeyError
+from .base import RESERVED_SEGMENT, ArtifactInfo, ArtifactStore, Bytes
+from .checksums import sha256_bytes, sha256_file
+from .errors import ArtifactNotFoundError, ChecksumMismatchError
 from .local import new_file
 
 SHA256_METADATA = "sha256"
@@ -92,18 +92,17 @@ class ObstoreStore(ArtifactStore):
     def uri(self) -> str:
         return self._uri
 
-    def uri_for(self, key: str) -> str:
-        return f"{self._uri}/{validate_key(key)}"
+    def _uri_for(self, key: str) -> str:
+        return f"{self._uri}/{key}"
 
     # ------------------------------------------------------------------ writes
-    def put_bytes(self, key: str, data: Bytes) -> None:
-        self._put(validate_key(key), bytes(data), sha256_bytes(data))
+    def _put_bytes(self, key: str, data: Bytes) -> None:
+        self._put(key, bytes(data), sha256_bytes(data))
 
-    def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
-        self._put(validate_key(key), Path(local_path), sha256_file(local_path))
+    def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        self._put(key, Path(local_path), sha256_file(local_path))
 
-    def put_if_absent(self, key: str, data: Bytes) -> bool:
-        validate_key(key)
+    def _put_if_absent(self, key: str, data: Bytes) -> bool:
         digest = sha256_bytes(data)
         try:
             obstore.put(self._inner, key, bytes(data), mode="create", **self._attributes(digest))
@@ -113,29 +112,25 @@ class ObstoreStore(ArtifactStore):
             self._write_record(key, {SHA256_METADATA: digest})
         return True
 
-    def delete(self, key: str) -> None:
-        validate_key(key)
+    def _delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             obstore.delete(self._inner, key)
         if self._sidecars:
             with contextlib.suppress(FileNotFoundError):
                 obstore.delete(self._inner, f"{SIDECARS}/{key}")
 
-    def move(self, src_key: str, dst_key: str) -> None:
-        validate_key(src_key)
-        validate_key(dst_key)
+    def _move(self, src_key: str, dst_key: str) -> None:
         if src_key == dst_key:
-            self.info(src_key)
+            self._info(src_key)
             return
-        digest = self.info(src_key).sha256
+        digest = self._info(src_key).sha256
         self._call(src_key, lambda: obstore.copy(self._inner, src_key, dst_key))  # S3 keeps metadata
         if self._sidecars and digest is not None:
             self._write_record(dst_key, {SHA256_METADATA: digest})
-        self.delete(src_key)
+        self._delete(src_key)
 
     # ------------------------------------------------------------------ reads
-    def get_bytes(self, key: str) -> bytes:
-        validate_key(key)
+    def _get_bytes(self, key: str) -> bytes:
 
         def attempt() -> tuple[bytes, str | None]:
             expected = self._record(key) if self._sidecars else None
@@ -146,12 +141,10 @@ class ObstoreStore(ArtifactStore):
 
         return self._verified(key, attempt, sha256_bytes)
 
-    def get_unverified(self, key: str) -> bytes:
-        validate_key(key)
+    def _get_unverified(self, key: str) -> bytes:
         return bytes(self._call(key, lambda: obstore.get(self._inner, key)).bytes())
 
-    def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        validate_key(key)
+    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged: list[str] = []
@@ -177,16 +170,14 @@ class ObstoreStore(ArtifactStore):
                     os.unlink(name)
         return dest
 
-    def exists(self, key: str) -> bool:
-        validate_key(key)
+    def _exists(self, key: str) -> bool:
         try:
             obstore.head(self._inner, key)
         except FileNotFoundError:
             return False
         return True
 
-    def info(self, key: str) -> ArtifactInfo:
-        validate_key(key)
+    def _info(self, key: str) -> ArtifactInfo:
         if self._sidecars:
             meta = self._call(key, lambda: obstore.head(self._inner, key))
             record = self._read_record(key)
@@ -194,22 +185,15 @@ class ObstoreStore(ArtifactStore):
         result = self._call(key, lambda: obstore.get(self._inner, key, options={"head": True}))
         return ArtifactInfo(key, result.meta["size"], _digest_of(result.attributes))
 
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        validate_prefix(prefix)
+    def _names(self, prefix: str) -> Iterator[str]:
         # object_store lists whole path segments ("runs" never matches "runs2/x"); the
-        # contract's prefix is a plain string one, so list the enclosing folder and filter.
+        # contract's prefix is a plain string one, so list the enclosing folder (the
+        # caller keeps what starts with the prefix).
         folder = prefix.rpartition("/")[0]
-        keys = []
         for batch in obstore.list(self._inner, prefix=folder or None):
             for entry in batch:
-                key = entry["path"]
-                if not key.startswith(prefix) or key.split("/", 1)[0] == RESERVED_SEGMENT:
-                    continue
-                try:
-                    keys.append(validate_key(key))
-                except InvalidKeyError:
-                    continue  # e.g. "folder/" markers made by web consoles
-        return sorted(keys)
+                if entry["path"].split("/", 1)[0] != RESERVED_SEGMENT:
+                    yield entry["path"]
 
     # ------------------------------------------------------------------ internals
     def _attributes(self, digest: str) -> dict[str, Any]:
@@ -263,7 +247,7 @@ class ObstoreStore(ArtifactStore):
         try:
             return func()
         except FileNotFoundError:
-            raise ArtifactNotFoundError(key, self.uri_for(key)) from None
+            raise ArtifactNotFoundError(key, self._uri_for(key)) from None
 
 
 def _digest_of(attributes: dict[str, Any]) -> str | None:

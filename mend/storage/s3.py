@@ -44,8 +44,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from s3transfer.exceptions import RetriesExceededError
 
-from .base import ArtifactInfo, ArtifactStore, Bytes
-from .checks import sha256_bytes, sha256_file, validate_key, validate_prefix
+from .base import ArtifactInfo, ArtifactStore, Bytes, validate_key
+from .checksums import sha256_bytes, sha256_file
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,
@@ -210,14 +210,14 @@ class S3Store(ArtifactStore):
     def uri(self) -> str:
         return f"s3://{self._bucket}/{self._prefix}".rstrip("/")
 
-    def uri_for(self, key: str) -> str:
+    def _uri_for(self, key: str) -> str:
         return f"s3://{self._bucket}/{self._object_key(key)}"
 
     def _object_key(self, key: str) -> str:
-        return self._prefix + validate_key(key)
+        return self._prefix + key
 
     # ------------------------------------------------------------------ writes
-    def put_bytes(self, key: str, data: Bytes) -> None:
+    def _put_bytes(self, key: str, data: Bytes) -> None:
         object_key = self._object_key(key)
         metadata = {SHA256_METADATA: sha256_bytes(data)}
         self._call(
@@ -227,7 +227,7 @@ class S3Store(ArtifactStore):
             ),
         )
 
-    def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+    def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         object_key = self._object_key(key)
         path = os.fspath(local_path)
         metadata = {SHA256_METADATA: sha256_file(path)}
@@ -242,7 +242,7 @@ class S3Store(ArtifactStore):
             ),
         )
 
-    def put_if_absent(self, key: str, data: Bytes) -> bool:
+    def _put_if_absent(self, key: str, data: Bytes) -> bool:
         object_key = self._object_key(key)
         token = uuid.uuid4().hex
         metadata = {SHA256_METADATA: sha256_bytes(data), PUT_TOKEN_METADATA: token}
@@ -277,11 +277,11 @@ class S3Store(ArtifactStore):
             return False  # it existed when we tried, and has been deleted since
         return head.get("Metadata", {}).get(PUT_TOKEN_METADATA) == token
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         object_key = self._object_key(key)
         self._call(key, lambda: self._client.delete_object(Bucket=self._bucket, Key=object_key))
 
-    def move(self, src_key: str, dst_key: str) -> None:
+    def _move(self, src_key: str, dst_key: str) -> None:
         src_object, dst_object = self._object_key(src_key), self._object_key(dst_key)
         head = self._head(src_key)
         if src_key == dst_key:
@@ -306,13 +306,13 @@ class S3Store(ArtifactStore):
             or copied.get("Metadata", {}).get(SHA256_METADATA) != expected
         ):
             raise StorageError(
-                f"move {self.uri_for(src_key)} -> {self.uri_for(dst_key)}: the copy does not "
+                f"move {self._uri_for(src_key)} -> {self._uri_for(dst_key)}: the copy does not "
                 "match the source (size or sha256 metadata differ); the source was kept"
             )
         self._call(src_key, lambda: self._client.delete_object(Bucket=self._bucket, Key=src_object))
 
     # ------------------------------------------------------------------ reads
-    def get_bytes(self, key: str) -> bytes:
+    def _get_bytes(self, key: str) -> bytes:
         object_key = self._object_key(key)
 
         def attempt() -> tuple[bytes, str | None, str]:
@@ -325,13 +325,13 @@ class S3Store(ArtifactStore):
 
         return self._verified(key, attempt)
 
-    def get_unverified(self, key: str) -> bytes:
+    def _get_unverified(self, key: str) -> bytes:
         object_key = self._object_key(key)
         response = self._call(key, lambda: self._client.get_object(Bucket=self._bucket, Key=object_key))
         with contextlib.closing(response["Body"]) as body:
             return body.read()
 
-    def get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
+    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
         object_key = self._object_key(key)
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -360,14 +360,14 @@ class S3Store(ArtifactStore):
 
         return self._verified(key, attempt)
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         try:
             self._head(key)
         except ArtifactNotFoundError:
             return False
         return True
 
-    def info(self, key: str) -> ArtifactInfo:
+    def _info(self, key: str) -> ArtifactInfo:
         head = self._head(key)
         return ArtifactInfo(
             key=key,
@@ -375,24 +375,17 @@ class S3Store(ArtifactStore):
             sha256=head.get("Metadata", {}).get(SHA256_METADATA),
         )
 
-    def list(self, prefix: str = "") -> builtins.list[str]:
-        validate_prefix(prefix)
+    def _names(self, prefix: str) -> builtins.list[str]:
         paginator = self._client.get_paginator("list_objects_v2")
-        keys: builtins.list[str] = []
+        names: builtins.list[str] = []
 
         def collect() -> None:
-            keys.clear()
+            names.clear()
             for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix):
-                for entry in page.get("Contents", []):
-                    key = entry["Key"][len(self._prefix) :]
-                    try:
-                        keys.append(validate_key(key))
-                    except InvalidKeyError:
-                        continue  # e.g. "folder/" markers made by web consoles
+                names.extend(entry["Key"][len(self._prefix) :] for entry in page.get("Contents", []))
 
         self._call(prefix, collect)
-        keys.sort()
-        return keys
+        return names
 
     # ------------------------------------------------------------------ internals
     def _head(self, key: str) -> dict[str, Any]:
@@ -428,7 +421,7 @@ class S3Store(ArtifactStore):
             ) from last_error
         if last_error is not None:
             raise StorageError(
-                f"download of {self.uri_for(key)} failed after {attempts} attempts: {last_error}"
+                f"download of {self._uri_for(key)} failed after {attempts} attempts: {last_error}"
             ) from last_error
         raise ChecksumMismatchError(key, expected, actual, attempts)
 

@@ -25,6 +25,62 @@ from mend.storage import (
     validate_prefix,
 )
 
+# ---------------------------------------------------------------- the base class checks for every backend
+
+
+class _Recording(ArtifactStore):
+    """A dictionary backend that records every key its primitives receive."""
+
+    def __init__(self, names=()):
+        self.objects = {name: b"" for name in names}
+        self.seen: list[str] = []
+
+    uri = "memory://"
+
+    def _uri_for(self, key):
+        self.seen.append(key)
+        return f"memory://{key}"
+
+    def _put_bytes(self, key, data):
+        self.seen.append(key)
+        self.objects[key] = bytes(data)
+
+    def _get_bytes(self, key):
+        self.seen.append(key)
+        return self.objects[key]
+
+    _put_file = _get_file = _info = _move = _put_if_absent = None
+
+    def _exists(self, key):
+        self.seen.append(key)
+        return key in self.objects
+
+    def _delete(self, key):
+        self.seen.append(key)
+        self.objects.pop(key, None)
+
+    def _names(self, prefix):
+        return list(self.objects)  # unsorted, unfiltered: the base class filters and sorts
+
+
+@pytest.mark.parametrize("call", ["put_bytes", "get_bytes", "exists", "delete", "uri_for", "get_unverified"])
+def test_an_invalid_key_never_reaches_a_backend(call: str) -> None:
+    store = _Recording()
+    arguments = ("a//b", b"x") if call == "put_bytes" else ("a//b",)
+    with pytest.raises(InvalidKeyError):
+        getattr(store, call)(*arguments)
+    assert store.seen == []
+
+
+def test_list_keeps_valid_keys_under_the_prefix_sorted() -> None:
+    store = _Recording(["runs/b", "runs2/a", "folder/", ".mend-store/x", "runs/a", "other"])
+    assert store.list("runs") == ["runs/a", "runs/b", "runs2/a"]
+    assert store.list("runs/") == ["runs/a", "runs/b"]
+    assert store.list() == ["other", "runs/a", "runs/b", "runs2/a"]
+    store.put_json("runs/c", {"k": 1})
+    assert store.get_json("runs/c") == {"k": 1} and store.seen == ["runs/c", "runs/c"]
+
+
 # ---------------------------------------------------------------- key rules
 
 
