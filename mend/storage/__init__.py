@@ -14,8 +14,14 @@ The store moves bytes and files only (safetensors, JSON, JSONL), never pickles.
 Every object's sha256 is recorded on write and verified on read.
 """
 
-from .base import ArtifactInfo, ArtifactStore, validate_key, validate_prefix
-from .checksums import sha256_bytes, sha256_file
+from .base import (
+    ArtifactInfo,
+    ArtifactStore,
+    sha256_bytes,
+    sha256_file,
+    validate_key,
+    validate_prefix,
+)
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,

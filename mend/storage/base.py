@@ -1,10 +1,11 @@
 """The backend-independent artifact store interface, and the keys it accepts.
 
 :class:`ArtifactStore` is an abstract base class. Its public methods check keys and
-prefixes, then call the backend's primitives (``_put_bytes``, ``_get_bytes``, ...) with
-keys already valid; the JSON and directory helpers are built on those methods. So the
-contract's checks are made here once, for every backend. All methods are safe to call
-from several threads at once.
+prefixes, then call the backend's primitives (``_put_bytes``, ``_read_bytes``, ...) with
+keys already valid, and verify what they read against the sha256 the backend recorded;
+the JSON and directory helpers are built on those methods. So the contract's checks are
+made here once, for every backend. All methods are safe to call from several threads at
+once.
 
 Keys. A key is a ``/``-separated relative name such as ``datasets/zsre/train.jsonl``.
 Keys are validated, never silently normalised, so a given artifact has exactly one
@@ -27,9 +28,10 @@ same behaviour tests against each one):
 * An invalid key raises :class:`~mend.storage.errors.InvalidKeyError` before anything
   is touched.
 * Every object's sha256 is recorded when it is written and verified on every
-  read (``get_bytes``, ``get_file``, ``get_json``, ``download_dir``;
-  :mod:`mend.storage.checksums`). A mismatch is retried and then raises
-  :class:`~mend.storage.errors.ChecksumMismatchError`.
+  read (``get_bytes``, ``get_file``, ``get_json``, ``download_dir``). A mismatch is
+  retried and then raises :class:`~mend.storage.errors.ChecksumMismatchError`. The base
+  class computes and verifies the digests (:meth:`ArtifactStore._verified`); how a
+  backend records them is its own business (a sidecar file, object metadata).
 * Reading a missing key raises :class:`~mend.storage.errors.ArtifactNotFoundError`.
 * ``put_*`` overwrite; ``delete`` is idempotent; ``move`` overwrites the
   destination; ``put_if_absent`` is an atomic create that never overwrites.
@@ -41,16 +43,22 @@ same behaviour tests against each one):
 from __future__ import annotations
 
 import builtins
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import random
+import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
-from .errors import InvalidKeyError
+from .errors import ChecksumMismatchError, InvalidKeyError
 
 RESERVED_SEGMENT = ".mend-store"
 """First path segment reserved for the local backend's bookkeeping."""
@@ -123,6 +131,69 @@ def join_key(prefix: str, relative: str) -> str:
     return f"{prefix}/{relative}" if prefix else relative
 
 
+CHUNK_SIZE = 1024 * 1024
+"""Read size used when hashing or copying files."""
+
+
+def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
+    """Hex sha256 of an in-memory buffer."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(stream: BinaryIO) -> str:
+    """Hex sha256 of everything left in a binary stream."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's contents, read in chunks."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
+
+
+def new_file(directory: str | os.PathLike[str], *, prefix: str = "", suffix: str = "") -> tuple[int, str]:
+    """Create a new, empty file in ``directory``; returns a write descriptor and its path.
+
+    Unlike :func:`tempfile.mkstemp` (mode 0600) the file gets 0666 minus the umask, like
+    any file a program creates, so the objects and records of a store shared by a group
+    stay readable by the group.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The sha256 a backend recorded for an object, as one read found it, and any
+    ``previous`` digests it still accepts (a write replacing the object records both
+    until the new bytes are in place)."""
+
+    sha256: str
+    previous: tuple[str, ...] = ()
+
+    def accepts(self, digest: str) -> bool:
+        return digest == self.sha256 or digest in self.previous
+
+
+class RetryRead(Exception):  # noqa: N818 - a signal to retry, not an error the caller sees
+    """Raised by a backend's read for a transient failure another attempt may not meet
+    (a connection dropped mid-body, an object replaced mid-download); ``final`` is raised
+    when no attempt is left."""
+
+    def __init__(self, final: Exception):
+        super().__init__(str(final))
+        self.final = final
+
+
 Bytes = bytes | bytearray | memoryview
 """Accepted types for in-memory payloads."""
 
@@ -143,6 +214,12 @@ class ArtifactInfo:
 class ArtifactStore(ABC):
     """A flat namespace of byte objects addressed by ``/``-separated keys."""
 
+    # How reads are verified; each backend sets them from its own options.
+    _require_checksum: bool = True  # an object without a recorded sha256 is refused
+    _read_attempts: int = 3  # reads of an object before a mismatch is raised
+    _retry_backoff: float = 0.01  # seconds before the second attempt, doubling after
+    _retry_unrecorded: bool = False  # a missing record may appear (written after its object)
+
     # ------------------------------------------------------------------ identity
     @property
     @abstractmethod
@@ -159,11 +236,17 @@ class ArtifactStore(ABC):
     # ------------------------------------------------------------------ the contract
     def put_bytes(self, key: str, data: Bytes) -> None:
         """Store ``data`` under ``key`` atomically, replacing any existing object."""
-        self._put_bytes(validate_key(key), data)
+        self._put_bytes(validate_key(key), data, sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
         """Return the verified contents of ``key``."""
-        return self._get_bytes(validate_key(key))
+        key = validate_key(key)
+
+        def attempt() -> tuple[bytes, Recorded | None, str]:
+            data, recorded = self._read_bytes(key)
+            return data, recorded, sha256_bytes(data)
+
+        return self._verified(key, attempt)
 
     def put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Upload the file at ``local_path`` to ``key``, replacing any existing object.
@@ -179,7 +262,24 @@ class ArtifactStore(ABC):
         Parent directories are created. The file appears atomically and only once
         its checksum has been verified; on failure ``local_path`` is left untouched.
         """
-        return self._get_file(validate_key(key), local_path)
+        key = validate_key(key)
+        dest = Path(local_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged: builtins.list[str] = []
+
+        def attempt() -> tuple[str, Recorded | None, str]:
+            fd, tmp = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            os.close(fd)
+            staged.append(tmp)
+            return (tmp, *self._download(key, tmp))
+
+        try:
+            os.replace(self._verified(key, attempt), dest)
+        finally:
+            for name in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+        return dest
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under exactly ``key``."""
@@ -217,7 +317,7 @@ class ArtifactStore(ABC):
         was already there (it is left untouched). Exactly one of several concurrent
         callers wins, so this is suitable for locks and leases.
         """
-        return self._put_if_absent(validate_key(key), data)
+        return self._put_if_absent(validate_key(key), data, sha256_bytes(data))
 
     def get_unverified(self, key: str) -> bytes:
         """``key``'s bytes without checking them against a recorded checksum.
@@ -227,22 +327,55 @@ class ArtifactStore(ABC):
         """
         return self._get_unverified(validate_key(key))
 
+    def _verified(self, key: str, attempt: Callable[[], tuple[_T, Recorded | None, str]]) -> _T:
+        """What ``attempt`` read, once its digest matches what the backend recorded.
+
+        ``attempt`` returns the payload, the record as it found it (None: none) and the
+        payload's sha256. A mismatch, or a :class:`RetryRead`, is tried again after a
+        backoff, up to ``_read_attempts`` reads: a reader can meet a write in between.
+        """
+        recorded: Recorded | None = None
+        actual, retry = "", None
+        for number in range(self._read_attempts):
+            try:
+                payload, recorded, actual = attempt()
+            except RetryRead as exc:
+                retry = exc
+            else:
+                retry = None
+                if recorded is None:
+                    if not self._require_checksum:
+                        return payload
+                    if not self._retry_unrecorded:  # no read will find one
+                        raise ChecksumMismatchError(key, None, actual, number + 1)
+                elif recorded.accepts(actual):
+                    return payload
+            if number + 1 < self._read_attempts:
+                time.sleep(self._retry_backoff * (2**number) * (0.5 + random.random()))
+        if retry is not None:
+            raise retry.final from retry.__cause__
+        raise ChecksumMismatchError(key, recorded.sha256 if recorded else None, actual, self._read_attempts)
+
     # ------------------------------------------------------------------ a backend's primitives
     # Each receives keys (and a prefix) already checked by the method above it.
     @abstractmethod
     def _uri_for(self, key: str) -> str: ...
 
     @abstractmethod
-    def _put_bytes(self, key: str, data: Bytes) -> None: ...
+    def _put_bytes(self, key: str, data: Bytes, sha256: str) -> None:
+        """Store ``data`` and record ``sha256``, its digest."""
 
     @abstractmethod
-    def _get_bytes(self, key: str) -> bytes: ...
+    def _read_bytes(self, key: str) -> tuple[bytes, Recorded | None]:
+        """``key``'s bytes and its record, read together (verified by the caller)."""
 
     @abstractmethod
     def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None: ...
 
     @abstractmethod
-    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path: ...
+    def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
+        """Write ``key``'s bytes over the file ``path``; return its record and the sha256
+        of what was written (the caller verifies, and moves the file into place)."""
 
     @abstractmethod
     def _exists(self, key: str) -> bool: ...
@@ -262,7 +395,7 @@ class ArtifactStore(ABC):
     def _move(self, src_key: str, dst_key: str) -> None: ...
 
     @abstractmethod
-    def _put_if_absent(self, key: str, data: Bytes) -> bool: ...
+    def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool: ...
 
     def _get_unverified(self, key: str) -> bytes:
         raise NotImplementedError(f"{type(self).__name__} cannot read unverified bytes")

@@ -38,18 +38,22 @@ import fcntl
 import hashlib
 import json
 import os
-import random
-import secrets
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .base import RESERVED_SEGMENT, ArtifactInfo, ArtifactStore, Bytes, validate_key
-from .checksums import CHUNK_SIZE, sha256_bytes
+from .base import (
+    CHUNK_SIZE,
+    RESERVED_SEGMENT,
+    ArtifactInfo,
+    ArtifactStore,
+    Bytes,
+    Recorded,
+    new_file,
+    validate_key,
+)
 from .errors import (
     ArtifactNotFoundError,
-    ChecksumMismatchError,
     StorageError,
     UntrustedObjectError,
 )
@@ -102,7 +106,7 @@ class LocalStore(ArtifactStore):
             directory.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._require_checksum = require_checksum
-        self._checksum_retries = max(0, checksum_retries)
+        self._read_attempts = max(0, checksum_retries) + 1
 
     # ------------------------------------------------------------------ identity
     @property
@@ -138,18 +142,19 @@ class LocalStore(ArtifactStore):
         return path
 
     # ------------------------------------------------------------------ writes
-    def _put_bytes(self, key: str, data: Bytes) -> None:
-        tmp, digest = self._stage(lambda out: _write_and_hash(data, out))
-        self._commit(key, tmp, digest)
+    def _put_bytes(self, key: str, data: Bytes, sha256: str) -> None:
+        tmp, _ = self._stage(lambda out: _write(data, out))
+        self._commit(key, tmp, sha256)
 
     def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         with open(local_path, "rb") as src:
             tmp, digest = self._stage(lambda out: _copy_and_hash(src, out))
         self._commit(key, tmp, digest)
 
-    def _put_if_absent(self, key: str, data: Bytes) -> bool:
+    def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool:
         target = self._path(key)
-        tmp, digest = self._stage(lambda out: _write_and_hash(data, out))
+        tmp, _ = self._stage(lambda out: _write(data, out))
+        digest = sha256
         try:
             with self._locked([key]):
                 if target.is_dir() and not target.is_symlink():
@@ -209,58 +214,31 @@ class LocalStore(ArtifactStore):
             self._prune(src.parent, self._root)
 
     # ------------------------------------------------------------------ reads
-    def _get_bytes(self, key: str) -> bytes:
+    def _read_bytes(self, key: str) -> tuple[bytes, Recorded | None]:
         target = self._object_path(key)
-        expected: str | None = None
-        actual = ""
-        attempts = self._checksum_retries + 1
-        for attempt in range(attempts):
+        with self._locked([key], shared=True):  # never a new object with an old record
+            record = self._read_record(key)
+            try:
+                data = target.read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise ArtifactNotFoundError(key, self._uri_for(key)) from None
+        return data, _recorded(record)
+
+    def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
+        source = self._object_path(key)
+        with open(path, "wb") as out:
             with self._locked([key], shared=True):
                 record = self._read_record(key)
                 try:
-                    data = target.read_bytes()
+                    src = open(source, "rb")  # noqa: SIM115 - closed below
                 except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                     raise ArtifactNotFoundError(key, self._uri_for(key)) from None
-            actual = sha256_bytes(data)
-            verdict = self._verify(key, record, actual)
-            if verdict is True:
-                return data
-            expected = verdict
-            self._backoff(attempt, attempts)
-        raise ChecksumMismatchError(key, expected, actual, attempts)
-
-    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        source = self._object_path(key)
-        dest = Path(local_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        expected: str | None = None
-        actual = ""
-        attempts = self._checksum_retries + 1
-        for attempt in range(attempts):
-            fd, tmp_name = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    with self._locked([key], shared=True):
-                        record = self._read_record(key)
-                        try:
-                            src = open(source, "rb")  # noqa: SIM115 - closed below
-                        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                            raise ArtifactNotFoundError(key, self._uri_for(key)) from None
-                        with src:
-                            actual = _copy_and_hash(src, out)
-                    if self._fsync:
-                        out.flush()
-                        os.fsync(out.fileno())
-                verdict = self._verify(key, record, actual)
-                if verdict is True:
-                    os.replace(tmp_name, dest)
-                    return dest
-                expected = verdict
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp_name)
-            self._backoff(attempt, attempts)
-        raise ChecksumMismatchError(key, expected, actual, attempts)
+                with src:
+                    actual = _copy_and_hash(src, out)
+            if self._fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        return _recorded(record), actual
 
     def _exists(self, key: str) -> bool:
         """Whether something occupies ``key``: an object, or a link the store will not read."""
@@ -310,22 +288,7 @@ class LocalStore(ArtifactStore):
                     yield name if relative_dir == "." else f"{relative_dir}/{name}"
 
     # ------------------------------------------------------------------ internals
-    def _verify(self, key: str, record: dict[str, Any] | None, actual: str) -> str | None | bool:
-        """``True`` if ``actual`` is acceptable, else the expected digest (``None``: no record)."""
-        if record is None:
-            if self._require_checksum:
-                # Retrying cannot help; fail right away.
-                raise ChecksumMismatchError(key, None, actual, 1)
-            return True
-        accepted = {record["sha256"], *record.get("previous", [])}
-        return True if actual in accepted else record["sha256"]
-
-    @staticmethod
-    def _backoff(attempt: int, attempts: int) -> None:
-        if attempt + 1 < attempts:
-            time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
-
-    def _stage(self, fill: Callable[[BinaryIO], str]) -> tuple[str, str]:
+    def _stage(self, fill: Callable[[BinaryIO], str | None]) -> tuple[str, str | None]:
         """Create a temp file, let ``fill`` write it; return its path and what ``fill`` returned."""
         fd, tmp_name = new_file(self._tmp, suffix=".tmp")
         try:
@@ -387,7 +350,7 @@ class LocalStore(ArtifactStore):
 
     def _write_record(self, key: str, record: dict[str, Any]) -> None:
         data = json.dumps(record, sort_keys=True).encode("utf-8")
-        tmp, _ = self._stage(lambda out: _write_and_hash(data, out))
+        tmp, _ = self._stage(lambda out: _write(data, out))
         path = self._record_path(key)
         try:
             self._into_place(tmp, path, key)
@@ -498,23 +461,6 @@ class LocalStore(ArtifactStore):
             return None
 
 
-def new_file(directory: str | os.PathLike[str], *, prefix: str = "", suffix: str = "") -> tuple[int, str]:
-    """Create a new, empty file in ``directory``; returns a write descriptor and its path.
-
-    Unlike :func:`tempfile.mkstemp` (mode 0600) the file gets 0666 minus the umask, like
-    any file a program creates, so the objects and records of a store shared by a group
-    stay readable by the group.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    for _ in range(100):
-        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
-        try:
-            return os.open(path, flags, 0o666), path
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
-
-
 def _refuse_links(directory: Path, base: Path, key: str) -> None:
     """Raise :class:`UntrustedObjectError` if a folder from ``base`` down to ``directory``
     is a symbolic link (``directory`` need not exist)."""
@@ -535,9 +481,12 @@ def _refuse_links(directory: Path, base: Path, key: str) -> None:
             return
 
 
-def _write_and_hash(data: Bytes, out: BinaryIO) -> str:
+def _write(data: Bytes, out: BinaryIO) -> None:
     out.write(data)
-    return sha256_bytes(data)
+
+
+def _recorded(record: dict[str, Any] | None) -> Recorded | None:
+    return None if record is None else Recorded(record["sha256"], tuple(record.get("previous", [])))
 
 
 def _copy_and_hash(src: BinaryIO, out: BinaryIO) -> str:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +34,8 @@ from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import LocalStore as ObLocalStore
 from obstore.store import S3Store as ObS3Store
 
-from .base import RESERVED_SEGMENT, ArtifactInfo, ArtifactStore, Bytes
-from .checksums import sha256_bytes, sha256_file
-from .errors import ArtifactNotFoundError, ChecksumMismatchError
-from .local import new_file
+from .base import RESERVED_SEGMENT, ArtifactInfo, ArtifactStore, Bytes, Recorded, sha256_file
+from .errors import ArtifactNotFoundError
 
 SHA256_METADATA = "sha256"
 SIDECARS = f"{RESERVED_SEGMENT}/sha256"
@@ -57,8 +53,11 @@ class ObstoreStore(ArtifactStore):
         self._uri = uri.rstrip("/")
         self._sidecars = sidecars
         self._require_checksum = require_checksum
-        self._attempts = max(0, checksum_retries) + 1
-        self._backoff = retry_backoff
+        self._read_attempts = max(0, checksum_retries) + 1
+        self._retry_backoff = retry_backoff
+        # A local put_if_absent creates the object, then its sidecar: a reader can come
+        # between the two, and a record missing then is worth another read.
+        self._retry_unrecorded = sidecars
 
     @classmethod
     def local(cls, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True,
@@ -96,14 +95,14 @@ class ObstoreStore(ArtifactStore):
         return f"{self._uri}/{key}"
 
     # ------------------------------------------------------------------ writes
-    def _put_bytes(self, key: str, data: Bytes) -> None:
-        self._put(key, bytes(data), sha256_bytes(data))
+    def _put_bytes(self, key: str, data: Bytes, sha256: str) -> None:
+        self._put(key, bytes(data), sha256)
 
     def _put_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         self._put(key, Path(local_path), sha256_file(local_path))
 
-    def _put_if_absent(self, key: str, data: Bytes) -> bool:
-        digest = sha256_bytes(data)
+    def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool:
+        digest = sha256
         try:
             obstore.put(self._inner, key, bytes(data), mode="create", **self._attributes(digest))
         except (AlreadyExistsError, PreconditionError):
@@ -130,45 +129,29 @@ class ObstoreStore(ArtifactStore):
         self._delete(src_key)
 
     # ------------------------------------------------------------------ reads
-    def _get_bytes(self, key: str) -> bytes:
-
-        def attempt() -> tuple[bytes, str | None]:
-            expected = self._record(key) if self._sidecars else None
-            result = self._call(key, lambda: obstore.get(self._inner, key))
-            if not self._sidecars:
-                expected = _digest_of(result.attributes)
-            return bytes(result.bytes()), expected
-
-        return self._verified(key, attempt, sha256_bytes)
+    def _read_bytes(self, key: str) -> tuple[bytes, Recorded | None]:
+        result, recorded = self._get(key)
+        return bytes(result.bytes()), recorded
 
     def _get_unverified(self, key: str) -> bytes:
         return bytes(self._call(key, lambda: obstore.get(self._inner, key)).bytes())
 
-    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        dest = Path(local_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged: list[str] = []
+    def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
+        result, recorded = self._get(key)
+        with open(path, "wb") as out:
+            for chunk in result:
+                out.write(chunk)
+        return recorded, sha256_file(path)
 
-        def attempt() -> tuple[str, str | None]:
-            expected = self._record(key) if self._sidecars else None
-            result = self._call(key, lambda: obstore.get(self._inner, key))
-            if not self._sidecars:
-                expected = _digest_of(result.attributes)
-            fd, tmp = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            staged.append(tmp)
-            with os.fdopen(fd, "wb") as out:
-                for chunk in result:
-                    out.write(chunk)
-            return tmp, expected
-
-        try:
-            tmp = self._verified(key, attempt, sha256_file)
-            os.replace(tmp, dest)
-        finally:
-            for name in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
-        return dest
+    def _get(self, key: str) -> tuple[Any, Recorded | None]:
+        """A get of ``key`` and its record: its sidecar (read first: a write records the
+        new digest before it replaces the object) or its attributes."""
+        recorded = self._recorded(key) if self._sidecars else None
+        result = self._call(key, lambda: obstore.get(self._inner, key))
+        if not self._sidecars:
+            digest = _digest_of(result.attributes)
+            recorded = None if digest is None else Recorded(digest)
+        return result, recorded
 
     def _exists(self, key: str) -> bool:
         try:
@@ -221,27 +204,9 @@ class ObstoreStore(ArtifactStore):
             return None
         return record if isinstance(record, dict) and isinstance(record.get(SHA256_METADATA), str) else None
 
-    def _record(self, key: str) -> str | None:
-        """The sidecar's accepted digests, joined with spaces (None: no record)."""
+    def _recorded(self, key: str) -> Recorded | None:
         record = self._read_record(key)
-        return None if record is None else " ".join([record[SHA256_METADATA], *record.get("previous", [])])
-
-    def _verified(self, key: str, attempt, digest_of) -> Any:
-        """Run ``attempt`` until what it read matches the recorded sha256."""
-        expected: str | None = None
-        actual = ""
-        for number in range(self._attempts):
-            payload, expected = attempt()
-            actual = digest_of(payload)
-            if expected is None and not self._require_checksum:
-                return payload
-            if expected is not None and actual in expected.split(" "):
-                return payload
-            # No record yet is retried too: a local put_if_absent creates the object, then
-            # its sidecar, and a reader can come between the two.
-            if number + 1 < self._attempts:
-                time.sleep(self._backoff * (2**number) * (0.5 + random.random()))
-        raise ChecksumMismatchError(key, expected.split(" ")[0] if expected else None, actual, self._attempts)
+        return None if record is None else Recorded(record[SHA256_METADATA], tuple(record.get("previous", [])))
 
     def _call(self, key: str, func):
         try:

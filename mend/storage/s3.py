@@ -31,9 +31,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
 import boto3
@@ -44,8 +43,15 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from s3transfer.exceptions import RetriesExceededError
 
-from .base import ArtifactInfo, ArtifactStore, Bytes, validate_key
-from .checksums import sha256_bytes, sha256_file
+from .base import (
+    ArtifactInfo,
+    ArtifactStore,
+    Bytes,
+    Recorded,
+    RetryRead,
+    sha256_file,
+    validate_key,
+)
 from .errors import (
     ArtifactNotFoundError,
     BucketNotFoundError,
@@ -54,7 +60,6 @@ from .errors import (
     InvalidStoreURIError,
     StorageError,
 )
-from .local import new_file
 
 MiB = 1024 * 1024
 
@@ -189,6 +194,9 @@ class S3Store(ArtifactStore):
             )
         self._client = client
         self._transfer = self._config.transfer_config()
+        self._require_checksum = self._config.require_checksum
+        self._read_attempts = self._config.checksum_retries + 1
+        self._retry_backoff = self._config.retry_backoff
         self._bucket_confirmed = False
 
     # ------------------------------------------------------------------ identity
@@ -217,9 +225,9 @@ class S3Store(ArtifactStore):
         return self._prefix + key
 
     # ------------------------------------------------------------------ writes
-    def _put_bytes(self, key: str, data: Bytes) -> None:
+    def _put_bytes(self, key: str, data: Bytes, sha256: str) -> None:
         object_key = self._object_key(key)
-        metadata = {SHA256_METADATA: sha256_bytes(data)}
+        metadata = {SHA256_METADATA: sha256}
         self._call(
             key,
             lambda: self._client.put_object(
@@ -242,10 +250,10 @@ class S3Store(ArtifactStore):
             ),
         )
 
-    def _put_if_absent(self, key: str, data: Bytes) -> bool:
+    def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool:
         object_key = self._object_key(key)
         token = uuid.uuid4().hex
-        metadata = {SHA256_METADATA: sha256_bytes(data), PUT_TOKEN_METADATA: token}
+        metadata = {SHA256_METADATA: sha256, PUT_TOKEN_METADATA: token}
         body = bytes(data)
         attempts = max(1, self._config.max_attempts)
         for attempt in range(attempts):
@@ -312,18 +320,12 @@ class S3Store(ArtifactStore):
         self._call(src_key, lambda: self._client.delete_object(Bucket=self._bucket, Key=src_object))
 
     # ------------------------------------------------------------------ reads
-    def _get_bytes(self, key: str) -> bytes:
+    def _read_bytes(self, key: str) -> tuple[bytes, Recorded | None]:
         object_key = self._object_key(key)
-
-        def attempt() -> tuple[bytes, str | None, str]:
-            response = self._call(
-                key, lambda: self._client.get_object(Bucket=self._bucket, Key=object_key)
-            )
+        with self._retried(key):
+            response = self._call(key, lambda: self._client.get_object(Bucket=self._bucket, Key=object_key))
             with contextlib.closing(response["Body"]) as body:
-                data = body.read()
-            return data, response.get("Metadata", {}).get(SHA256_METADATA), sha256_bytes(data)
-
-        return self._verified(key, attempt)
+                return body.read(), _recorded(response)
 
     def _get_unverified(self, key: str) -> bytes:
         object_key = self._object_key(key)
@@ -331,34 +333,17 @@ class S3Store(ArtifactStore):
         with contextlib.closing(response["Body"]) as body:
             return body.read()
 
-    def _get_file(self, key: str, local_path: str | os.PathLike[str]) -> Path:
-        object_key = self._object_key(key)
-        dest = Path(local_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-
-        def attempt() -> tuple[Path, str | None, str]:
-            expected = self._head(key).get("Metadata", {}).get(SHA256_METADATA)
-            fd, tmp_name = new_file(dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            os.close(fd)
+    def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
+        with self._retried(key):
+            recorded = _recorded(self._head(key))
             try:
-                try:
-                    self._client.download_file(
-                        self._bucket, object_key, tmp_name, Config=self._transfer
-                    )
-                except botocore.exceptions.ClientError as exc:
-                    if _error_code(exc)[0] in _PRECONDITION_CODES:
-                        # Overwritten during a ranged download (s3transfer pins the ETag).
-                        raise _ObjectChanged(key) from exc
-                    self._raise(exc, key)
-                actual = sha256_file(tmp_name)
-                if expected == actual or (expected is None and not self._config.require_checksum):
-                    os.replace(tmp_name, dest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp_name)
-            return dest, expected, actual
-
-        return self._verified(key, attempt)
+                self._client.download_file(self._bucket, self._object_key(key), path, Config=self._transfer)
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc)[0] in _PRECONDITION_CODES:
+                    # Overwritten during a ranged download (s3transfer pins the ETag).
+                    raise _ObjectChanged(key) from exc
+                self._raise(exc, key)
+        return recorded, sha256_file(path)
 
     def _exists(self, key: str) -> bool:
         try:
@@ -394,36 +379,20 @@ class S3Store(ArtifactStore):
             key, lambda: self._client.head_object(Bucket=self._bucket, Key=object_key)
         )
 
-    def _verified(self, key: str, attempt: Callable[[], tuple[_T, str | None, str]]) -> _T:
-        """Run a download ``attempt`` until its content matches the recorded sha256."""
-        attempts = self._config.checksum_retries + 1
-        expected: str | None = None
-        actual = ""
-        last_error: BaseException | None = None
-        for number in range(attempts):
-            try:
-                result, expected, actual = attempt()
-            except (*_TRANSIENT_ERRORS, _ObjectChanged) as exc:
-                last_error = exc
+    @contextlib.contextmanager
+    def _retried(self, key: str) -> Iterator[None]:
+        """A connection dropped mid-body, or an object replaced mid-download, is worth
+        another read (:meth:`ArtifactStore._verified` makes it); botocore retries neither."""
+        try:
+            yield
+        except (*_TRANSIENT_ERRORS, _ObjectChanged) as exc:
+            attempts = self._read_attempts
+            if isinstance(exc, botocore.exceptions.FlexibleChecksumError):
+                final: Exception = ChecksumMismatchError(key, None, None, attempts,
+                                                         detail=f"transfer checksum failed: {exc}")
             else:
-                last_error = None
-                if expected is None:
-                    if self._config.require_checksum:
-                        raise ChecksumMismatchError(key, None, actual, number + 1)
-                    return result
-                if actual == expected:
-                    return result
-            if number + 1 < attempts:
-                self._sleep(number)
-        if isinstance(last_error, botocore.exceptions.FlexibleChecksumError):
-            raise ChecksumMismatchError(
-                key, None, None, attempts, detail=f"transfer checksum failed: {last_error}"
-            ) from last_error
-        if last_error is not None:
-            raise StorageError(
-                f"download of {self._uri_for(key)} failed after {attempts} attempts: {last_error}"
-            ) from last_error
-        raise ChecksumMismatchError(key, expected, actual, attempts)
+                final = StorageError(f"download of {self._uri_for(key)} failed after {attempts} attempts: {exc}")
+            raise RetryRead(final) from exc
 
     def _sleep(self, attempt: int) -> None:
         time.sleep(self._config.retry_backoff * (2**attempt) * (0.5 + random.random()))
@@ -490,6 +459,11 @@ def _new_session(profile_name: str | None, region_name: str | None) -> boto3.ses
     return boto3.session.Session(
         botocore_session=core, profile_name=profile_name, region_name=region_name
     )
+
+
+def _recorded(response: dict[str, Any]) -> Recorded | None:
+    digest = response.get("Metadata", {}).get(SHA256_METADATA)
+    return None if digest is None else Recorded(digest)
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:

@@ -21,9 +21,11 @@ from mend.storage import (
     S3Store,
     StorageError,
     open_store,
+    sha256_bytes,
     validate_key,
     validate_prefix,
 )
+from mend.storage.base import Recorded
 
 # ---------------------------------------------------------------- the base class checks for every backend
 
@@ -32,7 +34,7 @@ class _Recording(ArtifactStore):
     """A dictionary backend that records every key its primitives receive."""
 
     def __init__(self, names=()):
-        self.objects = {name: b"" for name in names}
+        self.objects = {name: (b"", "") for name in names}
         self.seen: list[str] = []
 
     uri = "memory://"
@@ -41,15 +43,16 @@ class _Recording(ArtifactStore):
         self.seen.append(key)
         return f"memory://{key}"
 
-    def _put_bytes(self, key, data):
+    def _put_bytes(self, key, data, sha256):
         self.seen.append(key)
-        self.objects[key] = bytes(data)
+        self.objects[key] = (bytes(data), sha256)
 
-    def _get_bytes(self, key):
+    def _read_bytes(self, key):
         self.seen.append(key)
-        return self.objects[key]
+        data, sha256 = self.objects[key]
+        return data, Recorded(sha256)
 
-    _put_file = _get_file = _info = _move = _put_if_absent = None
+    _put_file = _download = _info = _move = _put_if_absent = None
 
     def _exists(self, key):
         self.seen.append(key)
@@ -79,6 +82,16 @@ def test_list_keeps_valid_keys_under_the_prefix_sorted() -> None:
     assert store.list() == ["other", "runs/a", "runs/b", "runs2/a"]
     store.put_json("runs/c", {"k": 1})
     assert store.get_json("runs/c") == {"k": 1} and store.seen == ["runs/c", "runs/c"]
+
+
+def test_the_base_class_verifies_what_a_backend_reads() -> None:
+    store = _Recording()
+    store.put_bytes("a", b"payload")
+    assert store.objects["a"][1] == sha256_bytes(b"payload")  # the digest a backend records
+    store.objects["a"] = (b"tampered", store.objects["a"][1])
+    with pytest.raises(ChecksumMismatchError):
+        store.get_bytes("a")
+    assert store.seen.count("a") == 1 + store._read_attempts  # the write, then every read
 
 
 # ---------------------------------------------------------------- key rules
