@@ -53,7 +53,6 @@ class Questions:
         return Questions(scope.embed(subject_states(prompts, states, subjects)),
                          subject_tokens(model.tokenizer, list(subjects)), Padded.of(states, scope.config.skip_first))
 
-
     def take(self, index: Tensor) -> Questions:
         """The questions at ``index``, in that order."""
         return Questions(self.keys[index], self.subjects[index], self.prompts.take(index))

@@ -1,4 +1,5 @@
-"""The backend-independent artifact store interface, and the keys it accepts.
+"""The artifact store's contract: the keys it accepts, the checksums it keeps, and the
+interface every backend implements.
 
 :class:`ArtifactStore` is an abstract base class. Its public methods check keys and
 prefixes, then call the backend's primitives (``_put_bytes``, ``_read_bytes``, ...) with
