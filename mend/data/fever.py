@@ -23,13 +23,19 @@ The choice depends on which records were loaded, so ``limit`` changes it.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from mend.data.derive import content_id, pick_others
+from mend.data.derive import content_id
 from mend.data.errors import OnError
 from mend.data.fields import FieldError, Fields, RecordContext
-from mend.data.loading import LoadedDataset, PathArg, Warn, load_records
+from mend.data.loading import (
+    LoadedDataset,
+    PathArg,
+    Warn,
+    load_records,
+    locality_from_others,
+    with_locality,
+)
 from mend.data.records import EditRecord, LocalityProbe
 
 FORMAT = "fever"
@@ -103,35 +109,15 @@ def convert_fever(raw: object, ctx: RecordContext) -> EditRecord:
 
 def add_claim_locality(records: list[EditRecord], warn: Warn, n_locality: int) -> list[EditRecord]:
     """Give each record probes made of other records' (prompt, target)."""
-    pool = sorted(records, key=lambda r: r.record_id)
-    out: list[EditRecord] = []
-    for position, record in enumerate(records):
-        others = pick_others(
-            pool,
-            key=lambda r: r.record_id,
-            own_key=record.record_id,
-            n=n_locality,
-            salt=FORMAT,
-            accept=lambda r, claim=record.prompt: r.prompt != claim,
-        )
-        if len(others) < n_locality:
-            warn(position, None, f"only {len(others)} of {n_locality} locality claims available")
-        probes = tuple(LocalityProbe(prompt=o.prompt, answer=o.target) for o in others)
-        out.append(replace(record, locality=probes))
-    return out
+    return locality_from_others(
+        records, sorted(records, key=lambda r: r.record_id), key=lambda r: r.record_id, text=lambda r: r.prompt,
+        probe=lambda r: LocalityProbe(prompt=r.prompt, answer=r.target), n=n_locality, salt=FORMAT, warn=warn,
+        what="locality claims")
 
 
 def load_fever(
     path: PathArg, *, on_error: OnError = "skip", limit: int | None = None, n_locality: int = 1
 ) -> LoadedDataset:
     """Load FEVER claims in MEND's KILT format (see the module docstring)."""
-    if n_locality < 0:
-        raise ValueError(f"n_locality must be >= 0, got {n_locality}")
-    return load_records(
-        path,
-        format=FORMAT,
-        convert=convert_fever,
-        on_error=on_error,
-        limit=limit,
-        finish=lambda records, warn: add_claim_locality(records, warn, n_locality),
-    )
+    return load_records(path, format=FORMAT, convert=convert_fever, on_error=on_error, limit=limit,
+                        finish=with_locality(add_claim_locality, n_locality))

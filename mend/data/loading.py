@@ -8,12 +8,14 @@ duplicate-id detection and hashing live here once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
+from typing import TypeVar
 
 from mend.data.canonical import dataset_hash
+from mend.data.derive import pick_others
 from mend.data.errors import (
     ON_ERROR_CHOICES,
     LoadReport,
@@ -23,9 +25,10 @@ from mend.data.errors import (
 )
 from mend.data.fields import FieldError, RecordContext
 from mend.data.reading import InvalidLine, read_raw_records
-from mend.data.records import EditRecord
+from mend.data.records import EditRecord, LocalityProbe
 
 PathArg = str | PathLike[str]
+T = TypeVar("T")
 
 Converter = Callable[[object, RecordContext], EditRecord]
 """Turns one raw JSON value into a record, or raises FieldError."""
@@ -126,3 +129,36 @@ def load_records(
         records = finish(records, warn)
 
     return LoadedDataset(records=records, report=report, content_hash=dataset_hash(records))
+
+
+def with_locality(add: Callable[[list[EditRecord], Warn, int], list[EditRecord]], n_locality: int) -> Finisher:
+    """A ``finish`` pass giving each record ``n_locality`` locality probes with ``add``."""
+    if n_locality < 0:
+        raise ValueError(f"n_locality must be >= 0, got {n_locality}")
+    return lambda records, warn: add(records, warn, n_locality)
+
+
+def locality_from_others(
+    records: list[EditRecord],
+    pool: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    text: Callable[[T], str],
+    probe: Callable[[T], LocalityProbe],
+    n: int,
+    salt: str,
+    warn: Warn,
+    what: str,
+) -> list[EditRecord]:
+    """Each record with up to ``n`` locality probes made (``probe``) of ``pool`` members
+    other than its own (``key`` is a member's record id; ``pool`` sorted by it) whose
+    ``text`` is not the record's prompt: the same text is no test of locality. Fewer
+    than ``n`` is warned about as "only k of n ``what`` available"."""
+    out: list[EditRecord] = []
+    for position, record in enumerate(records):
+        others = pick_others(pool, key=key, own_key=record.record_id, n=n, salt=salt,
+                             accept=lambda member, prompt=record.prompt: text(member) != prompt)
+        if len(others) < n:
+            warn(position, None, f"only {len(others)} of {n} {what} available")
+        out.append(replace(record, locality=tuple(probe(o) for o in others)))
+    return out

@@ -25,12 +25,17 @@ changes it.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from mend.data.derive import content_id, drop_word_prefix, pick_others, split_first_word
+from mend.data.derive import content_id, drop_word_prefix, split_first_word
 from mend.data.errors import OnError
 from mend.data.fields import Fields, RecordContext
-from mend.data.loading import LoadedDataset, PathArg, Warn, load_records
+from mend.data.loading import (
+    LoadedDataset,
+    PathArg,
+    Warn,
+    load_records,
+    locality_from_others,
+    with_locality,
+)
 from mend.data.records import EditRecord, LocalityProbe
 
 FORMAT = "wikitext"
@@ -71,35 +76,15 @@ def add_passage_locality(
         ),
         key=lambda item: item[0],
     )
-    out: list[EditRecord] = []
-    for position, record in enumerate(records):
-        others = pick_others(
-            pool,
-            key=lambda item: item[0],
-            own_key=record.record_id,
-            n=n_locality,
-            salt=FORMAT,
-            # A passage identical to this record's own is no test of locality.
-            accept=lambda item, own=record.prompt: item[1] != own,
-        )
-        if len(others) < n_locality:
-            warn(position, None, f"only {len(others)} of {n_locality} locality passages available")
-        probes = tuple(LocalityProbe(prompt=first, answer=rest) for _, _, (first, rest) in others)
-        out.append(replace(record, locality=probes))
-    return out
+    return locality_from_others(
+        records, pool, key=lambda item: item[0], text=lambda item: item[1],
+        probe=lambda item: LocalityProbe(prompt=item[2][0], answer=item[2][1]), n=n_locality, salt=FORMAT,
+        warn=warn, what="locality passages")
 
 
 def load_wikitext(
     path: PathArg, *, on_error: OnError = "skip", limit: int | None = None, n_locality: int = 1
 ) -> LoadedDataset:
     """Load wikitext-style generation edits (see the module docstring for the format)."""
-    if n_locality < 0:
-        raise ValueError(f"n_locality must be >= 0, got {n_locality}")
-    return load_records(
-        path,
-        format=FORMAT,
-        convert=convert_wikitext,
-        on_error=on_error,
-        limit=limit,
-        finish=lambda records, warn: add_passage_locality(records, warn, n_locality),
-    )
+    return load_records(path, format=FORMAT, convert=convert_wikitext, on_error=on_error, limit=limit,
+                        finish=with_locality(add_passage_locality, n_locality))
