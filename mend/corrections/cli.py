@@ -27,7 +27,7 @@ import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -46,6 +46,9 @@ from mend.storage import (
     StorageError,
     resolve_store_uri,
 )
+
+if TYPE_CHECKING:  # imported where used: it brings torch, which the queue's commands do not need
+    from mend.corrections.versions import VersionStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
@@ -133,6 +136,24 @@ def _queue(store: str | None, prefix: str) -> CorrectionQueue:
     from mend.storage import open_store
 
     return CorrectionQueue(open_store(resolve_store_uri(store)), prefix)
+
+
+def _versions(store: str | None, prefix: str) -> VersionStore:
+    from mend.corrections.versions import VersionStore
+
+    queue = _queue(store, prefix)
+    return VersionStore(queue.store, queue.prefix)
+
+
+def _published(versions: VersionStore, version: int | None = None) -> int:
+    """``version`` (None: the latest), refused unless it is published."""
+    latest = versions.latest()
+    if latest is None:
+        raise Failure(f"nothing is published yet in {versions.store.uri}/{versions.root}: apply corrections first")
+    version = latest if version is None else version
+    if version not in versions.versions():
+        raise BadInput(f"version {version} is not published: versions are 1..{latest}")
+    return version
 
 
 def _read_input(file: str) -> bytes:
@@ -300,17 +321,11 @@ def rollback(
 ) -> None:
     """Publish a new version without some corrections, or equal to an earlier version."""
     from mend.corrections.rollback import rollback as do_rollback
-    from mend.corrections.versions import VersionStore
 
     if bool(id_) == (to_version is not None):
         raise BadInput("give either --id (repeatable) or --to-version")
     queue = _queue(store, prefix)
-    versions = VersionStore(queue.store, queue.prefix)
-    latest = versions.latest()
-    if latest is None:
-        raise Failure(f"nothing is published yet in {queue.store.uri}/{queue.prefix}: apply corrections first")
-    if to_version is not None and to_version not in versions.versions():
-        raise BadInput(f"version {to_version} is not published: versions are 1..{latest}")
+    _published(_versions(store, prefix), to_version)
     try:
         version = do_rollback(queue, correction_ids=id_, to_version=to_version,
                               reason=reason, requested_by=requested_by)
@@ -330,17 +345,8 @@ def show(
     debug: bool = DebugOption,
 ) -> None:
     """Print a published version's manifest."""
-    from mend.corrections.versions import VersionStore
-
-    queue = _queue(store, prefix)
-    versions = VersionStore(queue.store, queue.prefix)
-    latest = versions.latest()
-    if latest is None:
-        raise Failure(f"nothing is published yet in {queue.store.uri}/{queue.prefix}")
-    version = version if version is not None else latest
-    if version not in versions.versions():
-        raise BadInput(f"version {version} is not published: versions are 1..{latest}")
-    console.print_json(json.dumps(versions.manifest(version)))
+    versions = _versions(store, prefix)
+    console.print_json(json.dumps(versions.manifest(_published(versions, version))))
 
 
 @app.command()
@@ -354,12 +360,8 @@ def adapter(
     debug: bool = DebugOption,
 ) -> None:
     """Write a version's corrections as a PEFT LoRA adapter, rebuilt from its deltas."""
-    from mend.corrections.versions import VersionStore
-
-    queue = _queue(store, prefix)
-    versions = VersionStore(queue.store, queue.prefix)
-    if version not in versions.versions():
-        raise BadInput(f"version {version} is not published")
+    versions = _versions(store, prefix)
+    _published(versions, version)
     try:
         versions.export_adapter(version, out, routed=routed)
     except ValueError as error:  # e.g. --routed on a version that is not scoped
@@ -376,10 +378,7 @@ def prune_adapters(
     debug: bool = DebugOption,
 ) -> None:
     """Delete older versions' published PEFT adapters (their deltas stay: see ``adapter``)."""
-    from mend.corrections.versions import VersionStore
-
-    queue = _queue(store, prefix)
-    pruned = VersionStore(queue.store, queue.prefix).prune_adapters(keep)
+    pruned = _versions(store, prefix).prune_adapters(keep)
     console.print(f"pruned the adapters of versions {pruned}" if pruned else "nothing to prune")
 
 
