@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mend.distributed import gathered
+from mend.models.attached import Attached
 from mend.models.targets import Layout
 
 
@@ -61,7 +62,7 @@ class LowRankDelta:
         )
 
 
-class DeltaHooks:
+class DeltaHooks(Attached):
     """The low-rank changes currently hooked into one model, stacked per module.
 
     One forward hook per edited module adds the sum of every active change; changes are
@@ -72,19 +73,10 @@ class DeltaHooks:
     _ATTR = "_mend_delta_hooks"
 
     def __init__(self, model: nn.Module):
-        self.model = model
+        super().__init__(model)
         self._active: dict[str, dict[object, LowRankDelta]] = {}
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._fused: dict[str, LowRankDelta] = {}
-
-    @classmethod
-    def of(cls, model: nn.Module) -> DeltaHooks:
-        """The registry attached to ``model``, created on first use."""
-        hooks = model.__dict__.get(cls._ATTR)
-        if hooks is None:
-            hooks = cls(model)
-            model.__dict__[cls._ATTR] = hooks
-        return hooks
 
     def add(self, key: object, deltas: dict[str, LowRankDelta]) -> None:
         for name, delta in deltas.items():

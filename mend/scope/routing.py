@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mend.deltas import LowRankDelta
+from mend.models.attached import Attached
 from mend.models.batching import by_length
 from mend.models.blocks import block_output, decoder_blocks
 from mend.models.editable import EditableModel
@@ -109,13 +110,13 @@ def route(
     return Routing(active, scores)
 
 
-class RoutedChanges:
+class RoutedChanges(Attached):
     """The scoped changes hooked into one model, and the hooks that route them."""
 
     _ATTR = "_mend_routed_changes"
 
     def __init__(self, model: nn.Module):
-        self.model = model
+        super().__init__(model)
         self.changes: dict[object, object] = {}  # key -> ScopedChange, in application order
         self.scope: ScopeModel | None = None
         self._index: _Index | None = None
@@ -126,15 +127,6 @@ class RoutedChanges:
         self._input_ids: Tensor | None = None
         self._plan: dict[str, tuple[Tensor, Tensor]] = {}
         self.last: Routing | None = None
-
-    @classmethod
-    def of(cls, model: nn.Module) -> RoutedChanges:
-        """The router attached to ``model``, created on first use."""
-        routed = model.__dict__.get(cls._ATTR)
-        if routed is None:
-            routed = cls(model)
-            model.__dict__[cls._ATTR] = routed
-        return routed
 
     # -- what is hooked in -----------------------------------------------------------
     def add(self, key: object, change) -> None:
