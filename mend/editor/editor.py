@@ -19,6 +19,7 @@ from mend.deltas import LowRankDelta
 from mend.edit import Edit, EditRequest
 from mend.editor.config import EditorConfig
 from mend.editor.network import FactorEditor
+from mend.metadata import read_metadata
 from mend.models.batching import length_chunks
 from mend.models.editable import EditableModel
 from mend.models.fingerprints import recorded_fingerprint
@@ -393,12 +394,7 @@ class Editor(nn.Module):
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Editor:
         """Load an editor written by :meth:`save` (no pickle involved)."""
         directory = Path(directory)
-        meta_path = directory / "editor.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{directory} holds no editor.json")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != EDITOR_FORMAT:
-            raise ValueError(f"{directory} is not a {EDITOR_FORMAT} editor (format={meta.get('format')})")
+        meta = read_metadata(directory, "editor.json", EDITOR_FORMAT, "editor")
         targets = [EditTarget(**t) for t in meta["targets"]]
         editor = cls(EditorConfig(**meta["config"]), targets, meta["base_model"])
         state = load_file(directory / "editor.safetensors", device=str(map_location))

@@ -42,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mend.metadata import read_metadata
+
 SCOPE_FORMAT = "mend-scope/1"
 
 
@@ -201,12 +203,8 @@ class ScopeModel(nn.Module):
     @classmethod
     def load(cls, directory: str | Path) -> ScopeModel:
         directory = Path(directory)
-        path = directory / "scope.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{directory} holds no scope.json (train one with mend.scope.fit)")
-        meta = json.loads(path.read_text())
-        if meta.get("format") != SCOPE_FORMAT:
-            raise ValueError(f"{directory} is not a {SCOPE_FORMAT} scope model (format={meta.get('format')})")
+        meta = read_metadata(directory, "scope.json", SCOPE_FORMAT, "scope model",
+                             hint=" (train one with mend.scope.fit)")
         model = cls(ScopeConfig(**meta["config"]), meta["d_model"])
         model.load_state_dict(load_file(directory / "scope.safetensors"))
         model.metadata = meta.get("extra", {})
