@@ -8,10 +8,12 @@ accelerator: NCCL on GPUs, gloo (plus its shared-memory ops) on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -49,7 +51,27 @@ def leave_world() -> None:
     """Leave the process group once every rank is done (idempotent)."""
     if dist.is_initialized():
         dist.barrier()
+        _release_shared_memory(dist.get_rank())
         dist.destroy_process_group()
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shared_memory_segment(rank: int) -> Path:
+    """Where DeepSpeed's CPU allreduce keeps ``rank``'s shared-memory workspace (named
+    after the user and the rendezvous, as its ``shm.cpp`` names it)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _release_shared_memory(rank: int) -> None:
+    # When every rank is on one machine, DeepSpeed's CPU communication op creates one
+    # shared-memory segment per rank and never removes it: each run left its segments in
+    # /dev/shm (memory) until the machine restarted. Removed after the last barrier: the
+    # peers mapped it when they started, and a mapping outlives its name.
+    with contextlib.suppress(FileNotFoundError):
+        shared_memory_segment(rank).unlink()
 
 
 def exit_process(code: int) -> NoReturn:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mend.distributed.world import SHM_DIR
 from tests.distributed.workload import DS_CONFIGS, REPO
 
 # Each rank gets one thread: two ranks share the CI machine's two cores.
@@ -19,6 +20,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _no_segments_left(port: str) -> None:
+    """DeepSpeed's CPU allreduce leaves a shared-memory segment per rank unless the run
+    removes it (``mend.distributed.world.leave_world``): none of this run's may be left."""
+    left = sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")) if SHM_DIR.is_dir() else []
+    assert not left, f"the run left shared memory behind: {[p.name for p in left]}"
 
 
 def _env() -> dict:
@@ -57,14 +65,17 @@ def train(
             f"{launcher} run failed with code {done.returncode}\n--- stdout\n{done.stdout[-4000:]}"
             f"\n--- stderr\n{done.stderr[-6000:]}"
         )
+    _no_segments_left(port)
     return {r: json.loads((report / f"rank{r}.json").read_text()) for r in range(ranks)}
 
 
 def run_script(script: Path, *args: str, ranks: int = 2, timeout: int = 300) -> None:
     """Run a Python script on ``ranks`` CPU ranks with the deepspeed launcher."""
+    port = str(free_port())
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_port", str(free_port()), str(script), *args]
+           "--master_port", port, str(script), *args]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise AssertionError(f"{script.name} failed with code {done.returncode}\n{done.stdout[-4000:]}"
                              f"\n{done.stderr[-6000:]}")
+    _no_segments_left(port)
