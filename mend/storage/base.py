@@ -53,7 +53,7 @@ import random
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +180,14 @@ class Recorded:
 
     sha256: str
     previous: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any] | None) -> Recorded | None:
+        """What a backend recorded, from the mapping it keeps it in (a checksum sidecar, an
+        object's metadata or attributes: every backend names the digest ``sha256`` and the
+        ones still accepted ``previous``); None when it holds no digest."""
+        digest = (record or {}).get("sha256")
+        return None if digest is None else cls(digest, tuple((record or {}).get("previous", ())))
 
     def accepts(self, digest: str) -> bool:
         return digest == self.sha256 or digest in self.previous

@@ -154,7 +154,6 @@ class LocalStore(ArtifactStore):
     def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool:
         target = self._path(key)
         tmp, _ = self._stage(lambda out: _write(data, out))
-        digest = sha256
         try:
             with self._locked([key]):
                 if target.is_dir() and not target.is_symlink():
@@ -162,7 +161,7 @@ class LocalStore(ArtifactStore):
                 if os.path.lexists(target):
                     return False
                 # The object is absent, so any record left here is an orphan.
-                self._write_record(key, {"sha256": digest})
+                self._write_record(key, {"sha256": sha256})
                 try:
                     # link(2) never replaces an existing name, and the object
                     # appears with its full contents in one step.
@@ -222,7 +221,7 @@ class LocalStore(ArtifactStore):
                 data = target.read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 raise ArtifactNotFoundError(key, self._uri_for(key)) from None
-        return data, _recorded(record)
+        return data, Recorded.of(record)
 
     def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
         source = self._object_path(key)
@@ -238,7 +237,7 @@ class LocalStore(ArtifactStore):
             if self._fsync:
                 out.flush()
                 os.fsync(out.fileno())
-        return _recorded(record), actual
+        return Recorded.of(record), actual
 
     def _exists(self, key: str) -> bool:
         """Whether something occupies ``key``: an object, or a link the store will not read."""
@@ -483,10 +482,6 @@ def _refuse_links(directory: Path, base: Path, key: str) -> None:
 
 def _write(data: Bytes, out: BinaryIO) -> None:
     out.write(data)
-
-
-def _recorded(record: dict[str, Any] | None) -> Recorded | None:
-    return None if record is None else Recorded(record["sha256"], tuple(record.get("previous", [])))
 
 
 def _copy_and_hash(src: BinaryIO, out: BinaryIO) -> str:

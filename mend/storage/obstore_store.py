@@ -102,13 +102,12 @@ class ObstoreStore(ArtifactStore):
         self._put(key, Path(local_path), sha256_file(local_path))
 
     def _put_if_absent(self, key: str, data: Bytes, sha256: str) -> bool:
-        digest = sha256
         try:
-            obstore.put(self._inner, key, bytes(data), mode="create", **self._attributes(digest))
+            obstore.put(self._inner, key, bytes(data), mode="create", **self._attributes(sha256))
         except (AlreadyExistsError, PreconditionError):
             return False
         if self._sidecars:
-            self._write_record(key, {SHA256_METADATA: digest})
+            self._write_record(key, {SHA256_METADATA: sha256})
         return True
 
     def _delete(self, key: str) -> None:
@@ -146,12 +145,9 @@ class ObstoreStore(ArtifactStore):
     def _get(self, key: str) -> tuple[Any, Recorded | None]:
         """A get of ``key`` and its record: its sidecar (read first: a write records the
         new digest before it replaces the object) or its attributes."""
-        recorded = self._recorded(key) if self._sidecars else None
+        sidecar = self._read_record(key) if self._sidecars else None
         result = self._call(key, lambda: obstore.get(self._inner, key))
-        if not self._sidecars:
-            digest = _digest_of(result.attributes)
-            recorded = None if digest is None else Recorded(digest)
-        return result, recorded
+        return result, Recorded.of(sidecar if self._sidecars else result.attributes)
 
     def _exists(self, key: str) -> bool:
         try:
@@ -203,10 +199,6 @@ class ObstoreStore(ArtifactStore):
         except (FileNotFoundError, ValueError):
             return None
         return record if isinstance(record, dict) and isinstance(record.get(SHA256_METADATA), str) else None
-
-    def _recorded(self, key: str) -> Recorded | None:
-        record = self._read_record(key)
-        return None if record is None else Recorded(record[SHA256_METADATA], tuple(record.get("previous", [])))
 
     def _call(self, key: str, func):
         try:

@@ -325,7 +325,7 @@ class S3Store(ArtifactStore):
         with self._retried(key):
             response = self._call(key, lambda: self._client.get_object(Bucket=self._bucket, Key=object_key))
             with contextlib.closing(response["Body"]) as body:
-                return body.read(), _recorded(response)
+                return body.read(), Recorded.of(response.get("Metadata"))
 
     def _get_unverified(self, key: str) -> bytes:
         object_key = self._object_key(key)
@@ -335,7 +335,7 @@ class S3Store(ArtifactStore):
 
     def _download(self, key: str, path: str) -> tuple[Recorded | None, str]:
         with self._retried(key):
-            recorded = _recorded(self._head(key))
+            recorded = Recorded.of(self._head(key).get("Metadata"))
             try:
                 self._client.download_file(self._bucket, self._object_key(key), path, Config=self._transfer)
             except botocore.exceptions.ClientError as exc:
@@ -459,11 +459,6 @@ def _new_session(profile_name: str | None, region_name: str | None) -> boto3.ses
     return boto3.session.Session(
         botocore_session=core, profile_name=profile_name, region_name=region_name
     )
-
-
-def _recorded(response: dict[str, Any]) -> Recorded | None:
-    digest = response.get("Metadata", {}).get(SHA256_METADATA)
-    return None if digest is None else Recorded(digest)
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
