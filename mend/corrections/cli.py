@@ -138,10 +138,9 @@ def _queue(store: str | None, prefix: str) -> CorrectionQueue:
     return CorrectionQueue(open_store(resolve_store_uri(store)), prefix)
 
 
-def _versions(store: str | None, prefix: str) -> VersionStore:
+def _versions(queue: CorrectionQueue) -> VersionStore:
     from mend.corrections.versions import VersionStore
 
-    queue = _queue(store, prefix)
     return VersionStore(queue.store, queue.prefix)
 
 
@@ -325,7 +324,7 @@ def rollback(
     if bool(id_) == (to_version is not None):
         raise BadInput("give either --id (repeatable) or --to-version")
     queue = _queue(store, prefix)
-    _published(_versions(store, prefix), to_version)
+    _published(_versions(queue), to_version)
     try:
         version = do_rollback(queue, correction_ids=id_, to_version=to_version,
                               reason=reason, requested_by=requested_by)
@@ -345,7 +344,7 @@ def show(
     debug: bool = DebugOption,
 ) -> None:
     """Print a published version's manifest."""
-    versions = _versions(store, prefix)
+    versions = _versions(_queue(store, prefix))
     console.print_json(json.dumps(versions.manifest(_published(versions, version))))
 
 
@@ -360,7 +359,7 @@ def adapter(
     debug: bool = DebugOption,
 ) -> None:
     """Write a version's corrections as a PEFT LoRA adapter, rebuilt from its deltas."""
-    versions = _versions(store, prefix)
+    versions = _versions(_queue(store, prefix))
     _published(versions, version)
     try:
         versions.export_adapter(version, out, routed=routed)
@@ -378,7 +377,7 @@ def prune_adapters(
     debug: bool = DebugOption,
 ) -> None:
     """Delete older versions' published PEFT adapters (their deltas stay: see ``adapter``)."""
-    pruned = _versions(store, prefix).prune_adapters(keep)
+    pruned = _versions(_queue(store, prefix)).prune_adapters(keep)
     console.print(f"pruned the adapters of versions {pruned}" if pruned else "nothing to prune")
 
 
