@@ -56,13 +56,14 @@ def leave_world() -> None:
 
 
 SHM_DIR = Path("/dev/shm")
+SHM_SEGMENT = "deepspeed_allreduce_buffer"  # how DeepSpeed's shm.cpp names its segments
 
 
 def shared_memory_segment(rank: int) -> Path:
     """Where DeepSpeed's CPU allreduce keeps ``rank``'s shared-memory workspace (named
     after the user and the rendezvous, as its ``shm.cpp`` names it)."""
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    return SHM_DIR / f"{SHM_SEGMENT}_{os.getuid()}_{addr}_{port}_{rank}"
 
 
 def _release_shared_memory(rank: int) -> None:

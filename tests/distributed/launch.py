@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mend.distributed.world import SHM_DIR
+from mend.distributed.world import SHM_DIR, SHM_SEGMENT
 from tests.distributed.workload import DS_CONFIGS, REPO
 
 # Each rank gets one thread: two ranks share the CI machine's two cores.
@@ -25,7 +25,7 @@ def free_port() -> int:
 def _no_segments_left(port: str) -> None:
     """DeepSpeed's CPU allreduce leaves a shared-memory segment per rank unless the run
     removes it (``mend.distributed.world.leave_world``): none of this run's may be left."""
-    left = sorted(SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")) if SHM_DIR.is_dir() else []
+    left = sorted(SHM_DIR.glob(f"{SHM_SEGMENT}_{os.getuid()}_*_{port}_*")) if SHM_DIR.is_dir() else []
     assert not left, f"the run left shared memory behind: {[p.name for p in left]}"
 
 
