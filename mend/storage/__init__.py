@@ -15,6 +15,7 @@ Every object's sha256 is recorded on write and verified on read.
 """
 
 from .base import (
+    READ_AT_ONCE,
     ArtifactInfo,
     ArtifactStore,
     sha256_bytes,
@@ -36,6 +37,7 @@ from .local import LocalStore
 from .s3 import S3Config, S3Store
 
 __all__ = [
+    "READ_AT_ONCE",
     "ArtifactInfo",
     "ArtifactNotFoundError",
     "ArtifactStore",

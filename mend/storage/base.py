@@ -53,13 +53,19 @@ import random
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from .errors import ChecksumMismatchError, InvalidKeyError
+from .errors import (
+    ArtifactNotFoundError,
+    ChecksumMismatchError,
+    InvalidKeyError,
+    UntrustedObjectError,
+)
 
 RESERVED_SEGMENT = ".mend-store"
 """First path segment reserved for the local backend's bookkeeping."""
@@ -209,6 +215,10 @@ Bytes = bytes | bytearray | memoryview
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
+READ_AT_ONCE = 16
+"""Documents :meth:`ArtifactStore.get_json_many` has in flight at once from a remote store:
+each read is a round trip, an S3 GET, and the round trips overlap."""
+
 
 @dataclass(frozen=True)
 class ArtifactInfo:
@@ -228,6 +238,11 @@ class ArtifactStore(ABC):
     _read_attempts: int = 3  # reads of an object before a mismatch is raised
     _retry_backoff: float = 0.01  # seconds before the second attempt, doubling after
     _retry_unrecorded: bool = False  # a missing record may appear (written after its object)
+
+    read_at_once: int = READ_AT_ONCE
+    """How many reads :meth:`get_json_many` keeps in flight: worth it where a read is a
+    round trip; a local backend sets 1, its reads being system calls that threads only
+    add their overhead to."""
 
     # ------------------------------------------------------------------ identity
     @property
@@ -419,6 +434,25 @@ class ArtifactStore(ABC):
         """Load the JSON document stored under ``key``."""
         return json.loads(self.get_bytes(key).decode("utf-8"))
 
+    def get_json_many(self, keys: Iterable[str]) -> Iterator[tuple[str, Any]]:
+        """``(key, document)`` for each of ``keys``, in order, :attr:`read_at_once` read
+        concurrently. A key whose document cannot be had comes back with the error in its
+        place, so one bad object hides none of the others: missing
+        (:class:`ArtifactNotFoundError`), failing verification
+        (:class:`ChecksumMismatchError`, :class:`UntrustedObjectError`) or not JSON
+        (``ValueError``, ``RecursionError``). Anything else (an unreachable store, an
+        invalid key) is raised."""
+
+        def read(key: str) -> tuple[str, Any]:
+            key = validate_key(key)
+            try:
+                return key, self.get_json(key)
+            except (ArtifactNotFoundError, ChecksumMismatchError, UntrustedObjectError, ValueError,
+                    RecursionError) as error:
+                return key, error
+
+        return _overlapped(read, keys, self.read_at_once)
+
     def upload_dir(
         self,
         local_dir: str | os.PathLike[str],
@@ -447,7 +481,7 @@ class ArtifactStore(ABC):
                     continue
                 relative = path.relative_to(root).as_posix()
                 pairs.append((validate_key(join_key(prefix, relative)), path))
-        self._run_parallel(lambda pair: self.put_file(pair[0], pair[1]), pairs, max_workers)
+        builtins.list(_overlapped(lambda pair: self.put_file(pair[0], pair[1]), pairs, max_workers))
         return sorted(key for key, _ in pairs)
 
     def download_dir(
@@ -468,16 +502,23 @@ class ArtifactStore(ABC):
         root = Path(local_dir)
         keys = self.list(dir_prefix)
         targets = [(key, root.joinpath(*key[len(dir_prefix) :].split("/"))) for key in keys]
-        self._run_parallel(lambda pair: self.get_file(pair[0], pair[1]), targets, max_workers)
+        builtins.list(_overlapped(lambda pair: self.get_file(pair[0], pair[1]), targets, max_workers))
         return [path for _, path in targets]
 
-    @staticmethod
-    def _run_parallel(
-        func: Callable[[_T], _R], items: Iterable[_T], max_workers: int
-    ) -> builtins.list[_R]:
-        items = builtins.list(items)
-        if max_workers <= 1 or len(items) <= 1:
-            return [func(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
-            # map() re-raises the first failure once every task has finished.
-            return builtins.list(pool.map(func, items))
+
+def _overlapped(func: Callable[[_T], _R], items: Iterable[_T], at_once: int) -> Iterator[_R]:
+    """``func`` of each item, in order, up to ``at_once`` running at a time in threads:
+    for round trips to a store (an S3 GET each), which overlap. The window of started
+    calls is bounded, so any number of items is never all in memory; a failure is
+    raised where its item comes, once the calls already started have finished."""
+    if at_once <= 1:
+        yield from map(func, items)
+        return
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        window: deque = deque()
+        for item in items:
+            window.append(pool.submit(func, item))
+            if len(window) >= 4 * at_once:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()

@@ -73,6 +73,8 @@ def _fsync_dir(path: Path) -> None:
 class LocalStore(ArtifactStore):
     """An :class:`ArtifactStore` over a directory. See the module docstring for the layout."""
 
+    read_at_once = 1  # a read is a few system calls: reading in threads only slows it
+
     def __init__(
         self,
         root: str | os.PathLike[str],

@@ -67,7 +67,9 @@ class ObstoreStore(ArtifactStore):
         path = Path(root).expanduser().absolute()
         if create:
             path.mkdir(parents=True, exist_ok=True)
-        return cls(ObLocalStore(path), path.as_uri(), sidecars=True, **options)
+        store = cls(ObLocalStore(path), path.as_uri(), sidecars=True, **options)
+        store.read_at_once = 1  # local reads, as LocalStore's
+        return store
 
     @classmethod
     def s3(cls, bucket: str, prefix: str = "", **options: Any) -> ObstoreStore:

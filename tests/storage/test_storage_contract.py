@@ -247,6 +247,25 @@ def test_corruption_detected(backend: Backend, tmp_path: Path) -> None:
         store.download_dir("weights", tmp_path / "dl")
 
 
+def test_reading_many_documents_keeps_each_ones_outcome(backend: Backend) -> None:
+    # One bad document hides none of the others: each comes back with its own error.
+    store = backend.store
+    for i in range(20):
+        store.put_json(f"docs/{i:02d}.json", {"i": i})
+    store.put_bytes("docs/garbled.json", b"\xff not json")
+    backend.tamper("docs/05.json", b'{"i": 555}')
+    keys = [*store.list("docs/"), "docs/missing.json"]
+    read = list(store.get_json_many(keys))
+    assert [key for key, _ in read] == keys
+    found = dict(read)
+    assert isinstance(found["docs/05.json"], ChecksumMismatchError)
+    assert isinstance(found["docs/garbled.json"], ValueError)
+    assert isinstance(found["docs/missing.json"], ArtifactNotFoundError)
+    assert [found[f"docs/{i:02d}.json"] for i in range(20) if i != 5] == [{"i": i} for i in range(20) if i != 5]
+    with pytest.raises(InvalidKeyError):
+        list(store.get_json_many(["docs/../escape.json"]))
+
+
 def test_missing_checksum(backend: Backend) -> None:
     backend.store.put_bytes("foreign.bin", b"written by another tool")
     backend.strip_checksum("foreign.bin")
