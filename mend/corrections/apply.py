@@ -118,8 +118,8 @@ class Published:
 def published_corrections(versions: VersionStore) -> dict[str, Published]:
     """Every correction any published version added."""
     found: dict[str, Published] = {}
-    for version in versions.versions():
-        for cid, info in versions.manifest(version).get("corrections", {}).items():
+    for version, manifest in versions.manifests():
+        for cid, info in manifest.get("corrections", {}).items():
             found.setdefault(cid, Published(version, normalise(info["prompt"]), info.get("metrics", {})))
     return found
 

@@ -39,7 +39,6 @@ from mend.corrections.lease import LeaseHeldError, break_lease, holder_name, ins
 from mend.corrections.queue import STATES, CorrectionQueue
 from mend.corrections.schema import read_submissions
 from mend.storage import (
-    ArtifactNotFoundError,
     BucketNotFoundError,
     InvalidKeyError,
     InvalidStoreURIError,
@@ -211,11 +210,7 @@ def list_(
     table = Table(title=state)
     for column in ("id", "prompt", "target", "detail"):
         table.add_column(column)
-    for name in queue.ids(state):
-        try:
-            record, problem = queue.inspect(state, name)
-        except ArtifactNotFoundError:
-            continue
+    for name, record, problem in queue.inspect_all(state):
         if problem is not None:
             table.add_row(plain(name), "", "", plain(f"untrusted: {problem}"))
         elif state == "pending":

@@ -139,10 +139,26 @@ class CorrectionQueue:
         """
         try:
             record = self.read(state, name)
-        except (ChecksumMismatchError, UntrustedObjectError) as error:
-            return None, str(error)
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            return None, f"not JSON: {error}"
+        except (ChecksumMismatchError, UntrustedObjectError, ValueError, RecursionError) as error:
+            record = error
+        return self._judged(state, name, record)
+
+    def inspect_all(self, state: State, names: Iterable[str] | None = None) -> Iterator[tuple[str, Any, str | None]]:
+        """``(name, record, problem)`` as :meth:`inspect` gives them, for every record of
+        ``state`` (or those ``names``) in order, read as many at once as the store reads
+        concurrently. Records gone meanwhile (applied, rejected) are left out."""
+        names = self.ids(state) if names is None else list(names)
+        documents = self.store.get_json_many(self.key(state, name) for name in names)
+        for name, (_, document) in zip(names, documents, strict=True):
+            if not isinstance(document, ArtifactNotFoundError):
+                yield (name, *self._judged(state, name, document))
+
+    def _judged(self, state: State, name: str, record: Any) -> tuple[Any, str | None]:
+        """What :meth:`inspect` says of ``record`` (a document, or the error reading it)."""
+        if isinstance(record, ChecksumMismatchError | UntrustedObjectError):
+            return None, str(record)
+        if isinstance(record, ValueError | RecursionError):
+            return None, f"not JSON: {record}"
         if state == "pending":
             try:
                 correction = Correction.model_validate(record)
@@ -160,11 +176,7 @@ class CorrectionQueue:
         return record, None
 
     def _trusted(self, state: State, *, quarantine: bool) -> Iterator[tuple[str, Any]]:
-        for name in self.ids(state):
-            try:
-                record, problem = self.inspect(state, name)
-            except ArtifactNotFoundError:
-                continue  # moved on meanwhile (applied, rejected)
+        for name, record, problem in self.inspect_all(state):
             if problem is None:
                 yield name, record
             elif quarantine:
@@ -187,12 +199,12 @@ class CorrectionQueue:
     def quarantined(self) -> list[Problem]:
         """Records taken out of the queue as untrustworthy, with why."""
         problems = []
-        for key in self.store.list(f"{self.prefix}/quarantine/"):
-            try:
-                record = self.store.get_json(key)
+        for key, record in self.store.get_json_many(self.store.list(f"{self.prefix}/quarantine/")):
+            if isinstance(record, dict):
                 problems.append(Problem(record.get("key", key), f"quarantined: {record.get('reason', '?')}"))
-            except (StorageError, ValueError, AttributeError) as error:
-                problems.append(Problem(key, f"unreadable quarantine record: {error}"))
+            else:
+                why = record if isinstance(record, Exception) else f"a JSON {type(record).__name__}, not an object"
+                problems.append(Problem(key, f"unreadable quarantine record: {why}"))
         return problems
 
     def verify(self) -> list[Problem]:
@@ -202,17 +214,16 @@ class CorrectionQueue:
         by_prompt: dict[str, list[str]] = {}
         for state in STATES:
             start = f"{self.prefix}/{state}/"
+            names = []
             for key in self.store.list(start):
                 name = key[len(start) :]
                 if not name.endswith(".json") or "/" in name:
                     problems.append(Problem(key, "stray object: not a queue record"))
-                    continue
-                try:
-                    record, problem = self.inspect(state, name[: -len(".json")])
-                except ArtifactNotFoundError:
-                    continue
+                else:
+                    names.append(name[: -len(".json")])
+            for name, record, problem in self.inspect_all(state, names):
                 if problem is not None:
-                    problems.append(Problem(key, problem))
+                    problems.append(Problem(self.key(state, name), problem))
                 elif state == "pending":
                     by_prompt.setdefault(record.prompt_key, []).append(record.id)
         for prompt, ids in by_prompt.items():

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 
 from mend.corrections.queue import CorrectionQueue
 from mend.corrections.versions import VersionStore
-from mend.storage import ArtifactNotFoundError
 
 # A quoted value as reasons quote them (Python's repr: '...', or "..." when it holds a ').
 QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
@@ -104,11 +103,7 @@ class QueueStatus:
 def _reasons(queue: CorrectionQueue, state: str) -> tuple[Counter, int]:
     kinds: Counter = Counter()
     unreadable = 0
-    for name in queue.ids(state):
-        try:
-            record, problem = queue.inspect(state, name)
-        except ArtifactNotFoundError:  # moved on while we read
-            continue
+    for _, record, problem in queue.inspect_all(state):
         if problem is not None:
             unreadable += 1
             continue
@@ -135,7 +130,7 @@ def _moved(manifests: dict[int, dict], live: set[str]) -> Moved:
 def queue_status(queue: CorrectionQueue) -> QueueStatus:
     """Where the corrections of ``queue`` stand now (read-only)."""
     versions = VersionStore(queue.store, queue.prefix)
-    manifests = {v: versions.manifest(v) for v in versions.versions()}
+    manifests = dict(versions.manifests())
     latest = max(manifests) if manifests else None
     live = set(manifests[latest]["active_ids"]) if latest is not None else set()
     published = {cid for m in manifests.values() for cid in m.get("corrections", {})}

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,18 @@ class VersionStore:
             return self.store.get_json(self.manifest_key(version))
         except ArtifactNotFoundError:
             raise ArtifactNotFoundError(f"version {version} is not published") from None
+
+    def manifests(self) -> Iterator[tuple[int, dict]]:
+        """``(version, manifest)`` of every published version, ascending, read as many at
+        once as the store reads concurrently."""
+        versions = self.versions()
+        documents = self.store.get_json_many(self.manifest_key(v) for v in versions)
+        for version, (_, manifest) in zip(versions, documents, strict=True):
+            if isinstance(manifest, ArtifactNotFoundError):
+                raise ArtifactNotFoundError(f"version {version} is not published") from None
+            if isinstance(manifest, Exception):
+                raise manifest
+            yield version, manifest
 
     def active(self, version: int | None) -> list[ActiveEntry]:
         if version is None:
@@ -245,8 +257,7 @@ class VersionStore:
     def collect_garbage(self) -> int:
         """Delete attempt folders that no manifest refers to; returns objects removed."""
         referenced = set()
-        for version in self.versions():
-            manifest = self.manifest(version)
+        for _, manifest in self.manifests():
             referenced.add(manifest["attempt"])
             referenced.update(e["path"].rsplit("/", 1)[0] for e in manifest["active"])
         removed = 0

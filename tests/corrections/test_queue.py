@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from mend.corrections import STATES, CorrectionQueue, read_submissions
 from mend.storage import open_store
 from tests.support.corrections import correction_dicts
+from tests.support.in_flight import RoundTripStore
 from tests.support.tiny_models import tiny_tokenizer
 
 VALID = correction_dicts(1)[0]
@@ -102,3 +103,18 @@ def test_fuzzed_submissions_are_all_accounted_for(tmp_path_factory, batch):
     assert counts["pending"] == len(report.accepted)
     assert counts["dead-letter"] == len({key for key, _ in report.dead_lettered})
     assert set(counts) == set(STATES)
+
+
+def test_reading_a_whole_state_overlaps_its_reads_and_keeps_every_outcome(tmp_path):
+    remote = RoundTripStore(tmp_path / "store")
+    serial = RoundTripStore(tmp_path / "store")
+    serial.read_at_once = 1
+    one, at_once = CorrectionQueue(serial), CorrectionQueue(remote)
+    one.submit(correction_dicts(30) + [{"id": f"broken-{i}", "prompt": ""} for i in range(5)])
+    remote.put_bytes(one.key("dead-letter", "garbled"), b"\xff not json")
+    assert [c.id for c in at_once.pending()] == [c.id for c in one.pending()] and len(one.pending()) == 30
+    assert list(at_once.inspect_all("dead-letter")) == list(one.inspect_all("dead-letter"))
+    assert [problem for _, _, problem in at_once.inspect_all("dead-letter") if problem] == [
+        one.inspect("dead-letter", "garbled")[1]]
+    assert at_once.verify() == one.verify() != []
+    assert serial.most == 1 and 1 < remote.most <= remote.read_at_once
