@@ -459,6 +459,22 @@ def apply_queue_table(stem: str) -> Callable[[], str]:
     return render
 
 
+def queue_reads() -> str:
+    d = load("queue_reads")
+    names = {"local": "local directory", "s3": "S3 (moto on 127.0.0.1)",
+             "remote": f"local + {d['rtt_ms']:.0f} ms per read"}
+    operations = {"status": "`mend corrections status`", "pending": "pending list (an apply run's start)",
+                  "submit_one": "submit one correction", "verify": "`mend corrections verify`"}
+    rows = [[names[backend], label, seconds(r[op]["one_at_a_time_s"]), seconds(r[op]["at_once_s"]),
+             f"{r[op]['speedup']:.1f}x", str(r["default_read_at_once"])]
+            for backend, r in d["per_backend"].items() for op, label in operations.items()]
+    header = ["store", "operation", "one read at a time, s", f"{d['read_at_once']} at once, s", "speedup",
+              "the store reads at once"]
+    note = (f"\n\nA queue of {count(d['records'])} reported corrections; medians of {d['repeats']} runs. "
+            f"Both ways give the same answers: {'yes' if d['same_answers'] else '**no**'}.")
+    return markdown(header, rows) + note + source("queue_reads", d, "python -m bench.queue_reads")
+
+
 def edit_latency() -> str:
     d = load("edit_latency")
     rows = [["one MEND edit (compute + apply)", f"{d['edit_s_median'] * 1000:.0f} ms"],
@@ -511,6 +527,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "apply_queue": apply_queue_table("apply_queue"),
     "apply_queue_scoped": apply_queue_table("apply_queue_scoped"),
     "apply_queue_pipeline_champion": apply_queue_table("apply_queue_pipeline_champion"),
+    "queue_reads": queue_reads,
     "edit_latency": edit_latency,
     "train_step": train_step,
     "zero_scaling": zero_scaling,
