@@ -7,7 +7,8 @@ answer from the registered corrected model.
 Measured, not listed by hand: one correction goes the whole way in this process on a
 tiny random LLaMA (:mod:`mend.testing.workload`) with a scoped editor, as the pipeline
 registers its champions (``--aggregation sum`` or ``least_squares`` for the others),
-while :func:`sys.setprofile` watches every call into a module under ``mend/`` or ``flows/``:
+while :func:`sys.setprofile` (and :func:`threading.setprofile`, in the threads started
+meanwhile) watches every call into a module under ``mend/`` or ``flows/``:
 
 1. ``submit``: ``mend corrections submit FILE`` (the ``mend`` console script's app).
 2. ``apply``: the ``apply-queue`` task of ``flows/apply_corrections.py`` (its function,
@@ -39,6 +40,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,11 +187,14 @@ class Watch:
     def step(self, phase: str) -> Iterator[None]:
         """Watch what runs inside, as step ``phase``."""
         self.phase = phase
+        # Threads too: the queue reads its records and the versions' manifests in threads.
+        threading.setprofile(self)
         sys.setprofile(self)
         try:
             yield
         finally:
             sys.setprofile(None)
+            threading.setprofile(None)
 
 
 def deploy(work: Path, aggregation: str) -> dict:
