@@ -23,24 +23,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-
-import boto3
-from botocore.exceptions import EndpointConnectionError
 
 from bench.common import write_result
 from mend.corrections import CorrectionQueue
 from mend.corrections.status import queue_status
 from mend.storage import READ_AT_ONCE, ArtifactStore, LocalStore, open_store
-from mend.testing.s3 import UNSET_ENV
+from mend.testing.s3 import UNSET_ENV, start_moto_s3_process
 
 BUCKET = "mend-bench-reads"
 
@@ -61,37 +54,6 @@ class RemoteStore(LocalStore):
     def _read_bytes(self, key):
         time.sleep(self.rtt_s)
         return super()._read_bytes(key)
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 server in a process of its own on 127.0.0.1 (so it does not share this
-    process's interpreter with the reads), with the bucket; yields its endpoint."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for name in UNSET_ENV:
-            os.environ.pop(name, None)
-        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except EndpointConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def correction(i: int) -> dict:
@@ -168,10 +130,15 @@ def main() -> None:
         if "remote" in args.backends:
             results["remote"] = measure(lambda: RemoteStore(Path(tmp) / "store", args.rtt_ms / 1000), args.repeats)
         if "s3" in args.backends:
-            with moto_server() as endpoint:
-                os.environ["AWS_ENDPOINT_URL_S3"] = endpoint  # where the store finds it, as in production
+            moto = start_moto_s3_process(bucket=BUCKET)
+            try:
+                for name in UNSET_ENV:
+                    os.environ.pop(name, None)
+                os.environ.update(moto.env())  # the store finds the endpoint as in production
                 fill(open_store(f"s3://{BUCKET}/reads/store"), args.n)
                 results["s3"] = measure(lambda: open_store(f"s3://{BUCKET}/reads/store"), args.repeats)
+            finally:
+                moto.stop()
     write_result("queue_reads", {"records": args.n, "read_at_once": READ_AT_ONCE, "rtt_ms": args.rtt_ms,
                                  "repeats": args.repeats, "per_backend": results,
                                  "same_answers": all(r["same_answers"] for r in results.values()),

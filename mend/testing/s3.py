@@ -1,4 +1,5 @@
-"""An in-process moto S3 server for tests and benchmarks, bound to 127.0.0.1 on a free port.
+"""An in-process moto S3 server for tests and benchmarks, bound to 127.0.0.1 on a free port
+(or, for a benchmark of concurrent requests, one in a process of its own).
 
 Needs moto (the ``dev`` extra). The server is shared by the whole process
 (:func:`shared_moto_s3`); tests isolate themselves with a fresh bucket each
@@ -19,13 +20,19 @@ import atexit
 import contextlib
 import functools
 import logging
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import EndpointConnectionError
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
@@ -51,7 +58,7 @@ UNSET_ENV = (
 class MotoS3:
     """A running moto server and how to reach it."""
 
-    server: ThreadedMotoServer
+    server: ThreadedMotoServer | _ServerProcess
     endpoint_url: str
     region: str = REGION
     bucket: str = DEFAULT_BUCKET
@@ -146,6 +153,40 @@ def start_moto_s3(*, bucket: str = DEFAULT_BUCKET, region: str = REGION) -> Moto
     moto = MotoS3(server=server, endpoint_url=f"http://{host}:{port}", region=region, bucket=bucket)
     moto.create_bucket(bucket)
     return moto
+
+
+class _ServerProcess:
+    """``moto_server`` run as a process of its own, stopped as a threaded server is."""
+
+    def __init__(self, port: int):
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start_moto_s3_process(*, bucket: str = DEFAULT_BUCKET, region: str = REGION, timeout_s: float = 30) -> MotoS3:
+    """:func:`start_moto_s3`, with the server in a process of its own: it then does not share
+    this interpreter with the client (for measuring how requests overlap). Its conditional
+    writes are not made atomic (:func:`_serialise_object_writes` patches this process
+    only), so it is no place for a ``put_if_absent`` race."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = _ServerProcess(port)
+    moto = MotoS3(server=server, endpoint_url=f"http://127.0.0.1:{port}", region=region, bucket=bucket)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            moto.create_bucket(bucket)
+            return moto
+        except EndpointConnectionError:
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                moto.stop()
+                raise RuntimeError(f"moto_server did not start on {moto.endpoint_url}") from None
+            time.sleep(0.2)
 
 
 _shared: MotoS3 | None = None
